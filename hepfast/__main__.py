@@ -1,0 +1,3 @@
+from hepfast.cli import main
+
+raise SystemExit(main())
