@@ -91,7 +91,7 @@ def parse_chunk_name(name: str | int) -> tuple[int, int]:
         else:
             vendor, ctype = 0, int(n, 0)
     except ValueError:
-        raise ChunkError(f"unknown chunk name {name!r} (use a name, a number or 'VENDOR:TYPE')")
+        raise ChunkError(f"unknown chunk name {name!r} (use a name, a number or 'VENDOR:TYPE')") from None
     if not (0 <= vendor <= 0xFFFF and 0 < ctype <= 0xFFFF):
         raise ChunkError(f"chunk {name!r}: vendor must be 0..65535 and type 1..65535")
     return (vendor, ctype)
@@ -135,7 +135,7 @@ def encode_value(key: tuple[int, int], value, wire: str | None = None) -> bytes:
         if wire == "bytes":
             return value.encode() if isinstance(value, str) else bytes(value)
     except (struct.error, ipaddress.AddressValueError, ValueError) as exc:
-        raise ChunkError(f"chunk {vendor}:{ctype:#06x} ({wire}): bad value {value!r}: {exc}")
+        raise ChunkError(f"chunk {vendor}:{ctype:#06x} ({wire}): bad value {value!r}: {exc}") from None
     raise ChunkError(f"unknown wire type {wire!r}")
 
 
