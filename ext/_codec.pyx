@@ -237,3 +237,38 @@ def hash64(data):
 
 def mix64(unsigned long long x):
     return hep_mix64(x)
+
+
+from sipscan cimport sip_info, sip_scan as c_sip_scan, sip_call_id as c_sip_call_id
+
+
+cdef object _win(const uint8_t *p, uint32_t off, uint32_t ln):
+    return p[off:off + ln].decode("utf-8", "replace") if ln else None
+
+
+def sip_scan(data):
+    """The C SIP scanner's view of a payload, keyed like hepfast.sip.sip_fields (tests)."""
+    cdef const uint8_t[::1] mv = data
+    cdef const uint8_t *p = _ptr(mv)
+    cdef sip_info si
+    if c_sip_scan(p, mv.shape[0], &si) != 0:
+        return {}
+    return {
+        "sip_method": _win(p, si.method_off, si.method_len),
+        "sip_status": si.status or None,
+        "sip_call_id": _win(p, si.call_id_off, si.call_id_len),
+        "sip_from_user": _win(p, si.from_user_off, si.from_user_len),
+        "sip_to_user": _win(p, si.to_user_off, si.to_user_len),
+        "sip_ruri_user": _win(p, si.ruri_user_off, si.ruri_user_len),
+        "sip_ruri_domain": _win(p, si.ruri_domain_off, si.ruri_domain_len),
+    }
+
+
+def sip_call_id(data):
+    """The call-key scanner (fast path): the Call-ID bytes or None."""
+    cdef const uint8_t[::1] mv = data
+    cdef const uint8_t *p = _ptr(mv)
+    cdef uint32_t off = 0, ln = 0
+    if c_sip_call_id(p, mv.shape[0], &off, &ln):
+        return p[off:off + ln]
+    return None
