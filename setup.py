@@ -17,7 +17,7 @@ if DEBUG:
     macros.append(("HEP_DEBUG", "1"))
 cflags = ["-O2", "-g0" if not DEBUG else "-g"]
 
-MODULES = ["_codec", "_switch", "_sender"]
+MODULES = ["_codec", "_switch", "_sender", "_rules"]
 
 
 def ext(name):
