@@ -53,6 +53,12 @@ def corpus_name(request, corpus_dir) -> str:
 
 
 @pytest.fixture
+def corpus_loader(corpus_dir):
+    """load_corpus, once the corpus is known to exist: corpus_loader(name) -> pairs."""
+    return load_corpus
+
+
+@pytest.fixture
 def corpus_packets(corpus_name) -> tuple[tuple[bytes, dict], ...]:
     """load_corpus(corpus_name): (message, expected object) pairs."""
     return load_corpus(corpus_name)
