@@ -44,6 +44,7 @@ SLICE_MS = 100
 RCVBUF = 8 << 20
 MODE_CODES = {"hash": 0, "all": 1, "failover": 2, "roundrobin": 3}
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 def default_config_path() -> Path:
@@ -306,7 +307,7 @@ class Supervisor:
             for w in range(self.nworkers):
                 s = socket.socket(li.family, socket.SOCK_DGRAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+                _set_rcvbuf(s)
                 try:
                     s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
                 except OSError:
@@ -481,6 +482,15 @@ class Supervisor:
             f.unlink()
         os.rmdir(self.rundir)
         return 0 if ok else 1
+
+
+def _set_rcvbuf(s: socket.socket) -> None:
+    # A deep receive queue is what absorbs bursts, reloads and worker restarts without loss.
+    # SO_RCVBUFFORCE (root / CAP_NET_ADMIN) passes net.core.rmem_max; else we get the cap.
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
 
 
 def _alive(pid: int) -> bool:

@@ -77,6 +77,13 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         sup.shutdown()
         return 1
+    # Ready means every worker has bound its tables: only then do we say "running".
+    ready_by = time.monotonic() + 10
+    while not sup.healthy()[0] and time.monotonic() < ready_by:
+        time.sleep(0.01)
+    ok, why = sup.healthy()
+    if not ok:
+        print(f"warning: not all workers are up yet ({why})", file=sys.stderr, flush=True)
     for name, host, port in sup.bound:
         print(f"listening {name} udp {host}:{port}", file=sys.stderr, flush=True)
     if sup.admin is not None:
