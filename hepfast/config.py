@@ -37,7 +37,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 __all__ = [
     "Config", "ConfigError", "Switch", "Admin", "Listener", "Destination", "Rule", "Match",
-    "load_config", "parse_config", "parse_hostport", "parse_cidr", "parse_range",
+    "load_config", "parse_config", "from_dict", "parse_hostport", "parse_cidr", "parse_range",
     "parse_proto_type", "parse_ip_proto", "parse_sip_status", "as_list", "MATCH_KEYS",
     "LISTENER_TRANSPORTS", "DESTINATION_TRANSPORTS", "MODES",
 ]
@@ -286,6 +286,11 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{source}: not valid TOML: {exc}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: dict) -> Config:
+    """Validate an already-parsed configuration (the dict tomllib returns)."""
     # Destinations are converted one by one: msgspec writes dict keys as `[...]` in its paths,
     # and the operator needs the destination's name.
     dests = raw.get("destinations")
