@@ -37,7 +37,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 
 __all__ = [
     "Config", "ConfigError", "Switch", "Admin", "Listener", "Destination", "Rule", "Match",
-    "load_config", "parse_config", "from_dict", "parse_hostport", "parse_cidr", "parse_range",
+    "load_config", "load_default", "DEFAULT_CONFIG_PATH", "parse_config", "from_dict", "parse_hostport", "parse_cidr", "parse_range",
     "parse_proto_type", "parse_ip_proto", "parse_sip_status", "as_list", "MATCH_KEYS",
     "LISTENER_TRANSPORTS", "DESTINATION_TRANSPORTS", "MODES",
 ]
@@ -271,6 +271,14 @@ def parse_sip_status(v: Any) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- loading
 
+# The bundled configuration `hepfast run` uses without -c (shipped as package data).
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.toml")
+
+
+def load_default() -> Config:
+    return load_config(DEFAULT_CONFIG_PATH)
+
+
 def load_config(path: str | os.PathLike) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -291,6 +299,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 def from_dict(raw: dict) -> Config:
     """Validate an already-parsed configuration (the dict tomllib returns)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"expected a table of settings, got {type(raw).__name__}")
     # Destinations are converted one by one: msgspec writes dict keys as `[...]` in its paths,
     # and the operator needs the destination's name.
     dests = raw.get("destinations")

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from hepfast import cli
-from hepfast.config import ConfigError, load_config, parse_config
+from hepfast.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    load_config,
+    load_default,
+    parse_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOML = REPO / "hepfast" / "default.toml"
@@ -123,7 +129,8 @@ def test_config_is_frozen():
 
 
 def test_bundled_default_config():
-    cfg = load_config(DEFAULT_TOML)
+    assert DEFAULT_CONFIG_PATH == DEFAULT_TOML
+    cfg = load_default()
     assert cfg.switch.workers == 2 and cfg.switch.default == "drop"
     assert [(x.name, x.listen, x.transport) for x in cfg.listeners] == \
         [("agents", "127.0.0.1:9060", "udp")]
