@@ -30,7 +30,7 @@ from libc.errno cimport errno, EAGAIN, EINTR, ENOBUFS, ECONNREFUSED
 from posix.time cimport timespec, clock_gettime, clock_nanosleep, CLOCK_MONOTONIC, CLOCK_REALTIME
 from posix.uio cimport iovec
 
-from hepwire cimport hep_pkt, hep_parse, HEP_OK, hep_wr32, hep_rd16, CH_TSEC, CH_TUSEC
+from hepwire cimport hep_pkt, hep_parse, HEP_OK, hep_wr32, hep_wr32le
 
 import numpy as np
 
@@ -254,3 +254,217 @@ cdef class Receiver:
         if got_any and idle_ns and _now_ns(CLOCK_MONOTONIC) - last_mono >= idle_ns:
             return True
         return False
+
+
+# ================================================================== sender
+
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+              unsigned long arg5)
+    int PR_SET_TIMERSLACK
+
+cdef extern from "<errno.h>" nogil:
+    int EPIPE
+    int ECONNRESET
+    int EWOULDBLOCK
+
+cdef inline void _sleep_until(int64_t t_ns) noexcept nogil:
+    cdef timespec ts
+    ts.tv_sec = t_ns // 1000000000
+    ts.tv_nsec = t_ns % 1000000000
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)
+
+
+def monotonic_ns():
+    return _now_ns(CLOCK_MONOTONIC)
+
+
+cdef class Sender:
+    """Sends packets [i0, i1) of a pre-built buffer on a connected socket, paced.
+
+    Pacing (decided at construction): rate > 0 paces packet number k (counted over the whole life
+    of the Sender) to leave at t0 + k/rate; a schedule (per-packet ns, with a per-call shift)
+    paces by the capture's own timing; neither sends as fast as the kernel takes them."""
+    cdef int fd
+    cdef bint stream
+    cdef double rate
+    cdef int max_batch
+    cdef bint stamp
+    cdef public int64_t sent, errors, skipped, calls, t0, paced, broken_errno
+    cdef iovec *iov
+    cdef mmsghdr *msgs
+
+    def __cinit__(self, int fd, double rate=0.0, int batch=64, bint stamp=False,
+                  bint stream=False):
+        self.fd = fd
+        self.rate = rate if rate > 0 else 0.0
+        self.max_batch = max(1, min(batch, 1024))
+        self.stamp = stamp
+        self.stream = stream
+        self.iov = <iovec *>malloc(self.max_batch * sizeof(iovec))
+        self.msgs = <mmsghdr *>malloc(self.max_batch * sizeof(mmsghdr))
+        if self.iov == NULL or self.msgs == NULL:
+            raise MemoryError()
+        memset(self.msgs, 0, self.max_batch * sizeof(mmsghdr))
+        cdef int i
+        for i in range(self.max_batch):
+            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+        # The default 50 us timer slack would blur sleeps at high rates.
+        prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+
+    def __dealloc__(self):
+        free(self.iov)
+        free(self.msgs)
+
+    def start(self, int64_t t0_ns=0):
+        """Fix the pacing origin (default: now). Called once; later calls keep the origin."""
+        if self.t0 == 0:
+            self.t0 = t0_ns if t0_ns else _now_ns(CLOCK_MONOTONIC)
+
+    cdef int _batch_for_rate(self) noexcept nogil:
+        # About 1 ms of the schedule per batch: 1 packet at 1k pps, the full batch from 64k pps.
+        cdef double b
+        if self.rate <= 0:
+            return self.max_batch
+        b = self.rate / 1000.0
+        if b < 1:
+            return 1
+        if b > self.max_batch:
+            return self.max_batch
+        return <int>b
+
+    cdef void _stamp_batch(self, uint8_t *buf, const int64_t *ts_off, const uint8_t *ts_le,
+                           int64_t i, int b) noexcept nogil:
+        cdef int64_t rt = _now_ns(CLOCK_REALTIME)
+        cdef uint32_t sec = <uint32_t>(rt // 1000000000)
+        cdef uint32_t usec = <uint32_t>((rt % 1000000000) // 1000)
+        cdef int64_t k, so, uo
+        for k in range(i, i + b):
+            so = ts_off[2 * k]
+            uo = ts_off[2 * k + 1]
+            if ts_le[k]:
+                if so >= 0:
+                    hep_wr32le(buf + so, sec)
+                if uo >= 0:
+                    hep_wr32le(buf + uo, usec)
+            else:
+                if so >= 0:
+                    hep_wr32(buf + so, sec)
+                if uo >= 0:
+                    hep_wr32(buf + uo, usec)
+
+    def send(self, uint8_t[::1] buf, const int64_t[::1] offsets, int64_t i0, int64_t i1,
+             const int64_t[::1] ts_off=None, const uint8_t[::1] ts_le=None,
+             const int64_t[::1] sched=None, int64_t sched_shift=0,
+             double max_seconds=0.25, int64_t deadline_ns=0):
+        """Send packets i0..i1-1 (offsets has n+1 entries). Returns the next index to send:
+        i1 when done, less when max_seconds or deadline_ns (CLOCK_MONOTONIC) came first, or the
+        stream broke (broken_errno set). ts_off holds 2 offsets per packet (seconds, microseconds
+        chunk bodies, -1 if absent) and ts_le 1 for HEPv2 (little-endian) packets; used with
+        stamp=True. sched (ns per packet) + sched_shift paces by the capture's timing."""
+        cdef int64_t n = offsets.shape[0] - 1
+        if i0 < 0 or i1 > n or i0 > i1:
+            raise IndexError(f"packet range {i0}..{i1} outside 0..{n}")
+        if n > 0 and (offsets[n] > buf.shape[0] or offsets[0] < 0):
+            raise ValueError("offsets point outside the buffer")
+        if self.stamp and (ts_off is None or ts_le is None or ts_off.shape[0] < 2 * n
+                           or ts_le.shape[0] < n):
+            raise ValueError("stamp=True needs ts_off (2 per packet) and ts_le (1 per packet)")
+        if sched is not None and sched.shape[0] < n:
+            raise ValueError("sched needs one entry per packet")
+        if i0 == i1:
+            return i1
+        self.start()
+        cdef uint8_t *base = &buf[0]
+        cdef const int64_t *off = &offsets[0]
+        cdef const int64_t *tso = &ts_off[0] if ts_off is not None and ts_off.shape[0] else NULL
+        cdef const uint8_t *tle = &ts_le[0] if ts_le is not None and ts_le.shape[0] else NULL
+        cdef const int64_t *sch = &sched[0] if sched is not None and sched.shape[0] else NULL
+        cdef bint do_stamp = self.stamp and tso != NULL and tle != NULL
+        cdef int64_t slice_end = _now_ns(CLOCK_MONOTONIC) + <int64_t>(max_seconds * 1e9)
+        cdef int64_t i = i0, now, due, k
+        cdef int b, r, e, retries = 0, rate_batch = self._batch_for_rate()
+        cdef Py_ssize_t left, wrote
+        cdef const uint8_t *p
+        with nogil:
+            while i < i1:
+                now = _now_ns(CLOCK_MONOTONIC)
+                if now >= slice_end or (deadline_ns and now >= deadline_ns):
+                    break
+                b = rate_batch
+                if sch != NULL:
+                    due = self.t0 + sch[i] + sched_shift
+                elif self.rate > 0:
+                    due = self.t0 + <int64_t>(self.paced * 1e9 / self.rate)
+                else:
+                    due = 0
+                if due > now:
+                    if due > slice_end:
+                        _sleep_until(slice_end)
+                    else:
+                        _sleep_until(due)
+                    continue
+                if b > i1 - i:
+                    b = <int>(i1 - i)
+                if sch != NULL:
+                    # every packet already due, at most a batch
+                    k = 1
+                    while k < self.max_batch and i + k < i1 and \
+                            self.t0 + sch[i + k] + sched_shift <= now:
+                        k += 1
+                    b = <int>k
+                if do_stamp:
+                    self._stamp_batch(base, tso, tle, i, b)
+                self.calls += 1
+                if self.stream:
+                    p = base + off[i]
+                    left = off[i + b] - off[i]
+                    while left > 0:
+                        wrote = send(self.fd, p, left, MSG_NOSIGNAL)
+                        if wrote < 0:
+                            e = errno
+                            if e == EINTR:
+                                continue
+                            if e == EAGAIN or e == ENOBUFS:
+                                self.errors += 1
+                                _sleep_until(_now_ns(CLOCK_MONOTONIC) + 100000)
+                                continue
+                            self.errors += 1
+                            self.broken_errno = e
+                            break
+                        p += wrote
+                        left -= wrote
+                    if self.broken_errno:
+                        break
+                    self.sent += b
+                    self.paced += b
+                    i += b
+                    continue
+                for k in range(b):
+                    self.iov[k].iov_base = <void *>(base + off[i + k])
+                    self.iov[k].iov_len = <size_t>(off[i + k + 1] - off[i + k])
+                r = sendmmsg(self.fd, self.msgs, b, 0)
+                if r > 0:
+                    self.sent += r
+                    self.paced += r
+                    i += r
+                    retries = 0
+                    continue
+                e = errno
+                if r == 0 or e == EINTR:
+                    continue
+                self.errors += 1
+                retries += 1
+                if e == ECONNREFUSED and retries <= 1:
+                    # The error belongs to an earlier datagram (ICMP port unreachable): retry.
+                    continue
+                if (e == ENOBUFS or e == EAGAIN or e == EWOULDBLOCK) and retries <= 100:
+                    _sleep_until(_now_ns(CLOCK_MONOTONIC) + 20000)
+                    continue
+                # Unsendable (EMSGSIZE...) or refused again: skip this packet, keep going.
+                self.skipped += 1
+                self.paced += 1
+                i += 1
+                retries = 0
+        return i
