@@ -1,0 +1,219 @@
+"""Supervision end to end: reload under load without loss, a bad reload changes nothing, a killed
+worker is replaced while traffic flows, SIGTERM drains what is queued."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from hepfast import codec
+from tests.conftest import corpus_names, load_corpus
+from tests.switchhelp import SwitchProcess, check_accounting
+
+
+def corpus_sip() -> list[bytes]:
+    for n in corpus_names():
+        if "kamailio" in n:
+            return [p for p, _ in load_corpus(n) if codec.decode(p).proto_type == 1]
+    pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
+
+
+def _config(dest: str, a_port: int, b_port: int, workers: int = 2, broken: bool = False) -> str:
+    rule_key = "forwrd" if broken else "forward"
+    return f"""
+        [switch]
+        workers = {workers}
+        [admin]
+        listen = "127.0.0.1:0"
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        [destinations.a]
+        targets = ["127.0.0.1:{a_port}"]
+        [destinations.b]
+        targets = ["127.0.0.1:{b_port}"]
+        [[rules]]
+        name = "all"
+        {rule_key} = ["{dest}"]
+        """
+
+
+def _admin(sw: SwitchProcess) -> str:
+    for line in sw.stderr().splitlines():
+        if line.startswith("admin http://"):
+            return line.split()[1].rsplit("/", 1)[0]
+    raise AssertionError(f"no admin line:\n{sw.stderr()}")
+
+
+def _get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _status(base: str) -> dict:
+    code, body = _get(base + "/status")
+    assert code == 200
+    return json.loads(body)
+
+
+def _wait(pred, timeout=15.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _workers_on(base: str, gen: int) -> bool:
+    ws = _status(base)["workers"]
+    return bool(ws) and all(w["generation"] == gen and w["alive"] for w in ws)
+
+
+class Pacer(threading.Thread):
+    """Send packets at a steady moderate rate from a few sockets until stopped (bounded)."""
+
+    def __init__(self, port: int, packets: list[bytes], pps: int = 1500, limit_s: float = 60):
+        super().__init__(daemon=True)
+        self.port, self.packets, self.pps, self.limit_s = port, packets, pps, limit_s
+        self.sent: list[bytes] = []
+        self.stop_ev = threading.Event()
+
+    def run(self):
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+        t0 = time.monotonic()
+        i = 0
+        while not self.stop_ev.is_set() and time.monotonic() - t0 < self.limit_s:
+            due = t0 + i / self.pps
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            p = self.packets[i % len(self.packets)]
+            socks[i % 4].sendto(p, ("127.0.0.1", self.port))
+            self.sent.append(p)
+            i += 1
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def two_sinks():
+    from hepfast.sink import Sink
+
+    a, b = Sink("127.0.0.1:0").start(timeout=180), Sink("127.0.0.1:0").start(timeout=180)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_reload_under_load_loses_nothing(tmp_path, two_sinks):
+    a, b = two_sinks
+    sw = SwitchProcess(tmp_path, _config("a", a.port, b.port))
+    base = _admin(sw)
+    pacer = Pacer(sw.port, corpus_sip())
+    try:
+        pacer.start()
+        gen = 1
+        for i in range(5):
+            time.sleep(0.4)
+            dest = "b" if i % 2 == 0 else "a"
+            sw.cfg.write_text(_config(dest, a.port, b.port))
+            code, body = _get_post(base + "/reload") if i % 2 else (_hup(sw), b"")
+            gen += 1
+            _wait(lambda g=gen: _workers_on(base, g), what=f"workers on generation {gen}")
+        # the last reload pointed the rule at "b": new packets go there only
+        a_before, b_before = a.received, b.received
+        time.sleep(0.5)
+        # a broken config: refused, counted, nothing changes
+        sw.cfg.write_text(_config("a", a.port, b.port, broken=True))
+        code, body = _get_post(base + "/reload")
+        assert code == 400 and b"forwrd" in body, body
+        time.sleep(0.5)
+        pacer.stop_ev.set()
+        pacer.join(10)
+        total = len(pacer.sent)
+        _wait(lambda: a.received + b.received >= total, what="all packets at the sinks")
+        metrics = _get(base + "/metrics")[1].decode()
+        summary = sw.stop()
+    finally:
+        pacer.stop_ev.set()
+        sw.kill()
+    assert a.received == a_before, "a packet went to the old destination after the reload"
+    assert b.received > b_before
+    assert collections.Counter(a.packets + b.packets) == collections.Counter(pacer.sent)
+    assert summary["reloads"] == {"ok": 5, "error": 1}
+    assert summary["generation"] == 6
+    assert 'hepfast_config_reloads_total{result="error"} 1.0' in metrics
+    assert 'hepfast_config_reloads_total{result="ok"} 5.0' in metrics
+    check_accounting(summary)
+    assert summary["forwarded_total"] == total
+
+
+def _hup(sw: SwitchProcess) -> int:
+    sw.proc.send_signal(signal.SIGHUP)
+    return 200
+
+
+def _get_post(url: str):
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_killed_worker_is_replaced_while_traffic_flows(tmp_path, two_sinks):
+    a, b = two_sinks
+    sw = SwitchProcess(tmp_path, _config("a", a.port, b.port))
+    base = _admin(sw)
+    pacer = Pacer(sw.port, corpus_sip(), pps=1000)
+    try:
+        pacer.start()
+        _wait(lambda: a.received > 100, what="traffic")
+        victim = _status(base)["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: _get(base + "/healthz")[0] == 503 or
+              _status(base)["workers"][0]["pid"] != victim, what="the kill to be seen")
+        _wait(lambda: _get(base + "/healthz")[0] == 200 and
+              _status(base)["workers"][0]["pid"] not in (0, victim),
+              what="a replacement worker")
+        new_pid = _status(base)["workers"][0]["pid"]
+        after = a.received
+        _wait(lambda: a.received > after + 300, what="traffic after the restart")
+        metrics = _get(base + "/metrics")[1].decode()
+        pacer.stop_ev.set()
+        pacer.join(10)
+        summary = sw.stop()
+    finally:
+        pacer.stop_ev.set()
+        sw.kill()
+    assert new_pid != victim
+    assert "hepfast_worker_restarts_total 1.0" in metrics
+    assert summary["restarts"] == 1
+    check_accounting(summary)
+
+
+def test_sigterm_drains_queued_packets(tmp_path, two_sinks):
+    a, b = two_sinks
+    pkts = corpus_sip()[:600]
+    sw = SwitchProcess(tmp_path, _config("a", a.port, b.port, workers=1), extra=["--no-admin"])
+    try:
+        sw.send(pkts, pace_every=100)
+        summary = sw.stop()            # SIGTERM right after the last send; exit code 0 asserted
+    finally:
+        sw.kill()
+    assert a.wait_for(len(pkts), timeout=15)
+    assert summary["forwarded_total"] == len(pkts)
+    assert collections.Counter(a.packets) == collections.Counter(pkts)
