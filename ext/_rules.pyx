@@ -10,8 +10,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from hepwire cimport hep_pkt, hep_parse, HEP_OK
 from sipscan cimport sip_info, sip_scan
-from rules cimport (rule_tables, rules_bind, rule_match, rule_sample_keep, call_key_hash,
-                    pkt_is_sip, pkt_addr, cidr_match, hash64_lower, RF_DROP, RF_CONTINUE,
+from rules cimport (rule_tables, rules_bind, rule_match, rule_sample_keep, call_key_hash, sample_key,
+                    pkt_is_sip, cidr_match, hash64_lower, RF_DROP, RF_CONTINUE,
                     RF_HAS_SAMPLE)
 
 
@@ -39,7 +39,8 @@ def evaluate(compiled, bytes data not None, uint32_t listener):
         if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
             sp = &si
     if t.needs_call_key:
-        have_key = call_key_hash(&p, buf, &h)
+        h = sample_key(&p, buf)
+        have_key = True
     taken = []
     for r in range(t.nrules):
         if not rule_match(&t, r, &p, buf, listener, sp):
@@ -66,23 +67,34 @@ def call_hash(bytes data not None):
     return None
 
 
-def listener_allows(compiled, Py_ssize_t listener, bytes data not None):
-    """Whether the listener's `allow` CIDRs admit the message's source address (empty: all)."""
+def sample_hash(bytes data not None):
+    """sample_key of a message: the call key's hash, or its flow hash when it has none."""
     cdef hep_pkt p
-    cdef uint64_t hi = 0, lo = 0
-    cdef const uint64_t[:, ::1] rows
-    cdef const uint8_t[::1] fam
     cdef const uint8_t *buf = _buf(data)
-    info = compiled.listeners[listener]
     if hep_parse(buf, len(data), &p) != HEP_OK:
         raise ValueError("invalid HEP message")
+    return sample_key(&p, buf)
+
+
+def listener_allows(compiled, Py_ssize_t listener, str sender not None):
+    """Whether listener `listener`'s `allow` CIDRs admit a datagram from the sender address
+    (empty list: everyone). An IPv4-mapped IPv6 sender (a dual-stack "[::]" socket receiving
+    IPv4) counts as IPv4. Twin: hepfast.rules.listener_allows."""
+    cdef uint64_t hi, lo
+    cdef const uint64_t[:, ::1] rows
+    cdef const uint8_t[::1] fam
+    import ipaddress
+    from hepfast.rules import addr128
+    info = compiled.listeners[listener]
     if info.allow.shape[0] == 0:
         return True
+    a = ipaddress.ip_address(sender)
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    hi, lo = addr128(a.packed)
     rows = info.allow
     fam = info.allow_fam
-    if not pkt_addr(&p, True, &hi, &lo):
-        return False
-    return cidr_match(&rows[0, 0], &fam[0], 0, rows.shape[0], hi, lo, p.family)
+    return cidr_match(&rows[0, 0], &fam[0], 0, rows.shape[0], hi, lo, a.version)
 
 
 def fold_hash(bytes data not None):

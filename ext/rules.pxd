@@ -319,9 +319,24 @@ cdef inline bint call_key_hash(const hep_pkt *p, const uint8_t *buf, uint64_t *h
     return False
 
 
+cdef inline uint64_t sample_key(const hep_pkt *p, const uint8_t *buf) noexcept nogil:
+    """What sampling (and hash mode) keys on: the call key's hash, or for a packet without one
+    its flow (addresses and ports), so a flow is still kept or dropped whole.
+    Twin: hepfast.rules.sample_key_hash."""
+    cdef uint64_t h
+    if call_key_hash(p, buf, &h):
+        return h
+    if p.family == 6:
+        h = hep_hash64(p.src6, 16) ^ hep_mix64(hep_hash64(p.dst6, 16))
+    else:
+        h = hep_hash64(p.src4, 4) ^ hep_mix64(hep_hash64(p.dst4, 4))
+    return hep_mix64(h ^ ((<uint64_t>p.src_port << 16) | p.dst_port))
+
+
 cdef inline bint rule_sample_keep(const rule_tables *t, Py_ssize_t r, bint have_key,
                                   uint64_t key_hash) noexcept nogil:
-    """Whether a rule that samples keeps this call (no call key: kept)."""
+    """Whether a rule that samples keeps the packet whose sample_key is key_hash (have_key
+    False: kept; callers that use sample_key always have one)."""
     if not (t.flags[r] & RF_HAS_SAMPLE) or not have_key:
         return True
     return hep_mix64(key_hash) < t.sample[r]

@@ -27,7 +27,7 @@ Tables (R rules, K = NKEYS match keys; every array C-contiguous, read-only):
   hepfast.chunks.set_chunk, in config order, ready for hep_build_v3.
 - `skip` uint32 with `skip_start`, `skip_count` int32[R]: chunk keys (vendor << 16 | type) to
   leave out when rewriting: the deleted keys plus the keys of the set chunks (set replaces), sorted.
-- `sample` uint64[R]: with HAS_SAMPLE, a packet is kept when mix64(hash64(call key)) < sample[r].
+- `sample` uint64[R]: with HAS_SAMPLE, a packet is kept when mix64(sample key) < sample[r].
 
 Which value a key reads: listener = index of the receiving listener; hep_version = 1/2/3;
 ip_family = 4/6 (unknown: no match); src_ip/dst_ip = the address chunk of the packet's family;
@@ -42,9 +42,9 @@ out takes it and stops (reason "sample"). Otherwise the packet goes to the rule'
 the rule's own set/delete applied to the copies it sends, and evaluation stops unless CONTINUE.
 A packet no rule takes goes to `default_dest` (-1: dropped, reason "no_route").
 
-The call key for sampling is HepPacket.call_key() (C: call_key_hash): the SIP Call-ID for SIP
-packets, else the correlation-id chunk; a packet without a call key is kept (it cannot be
-sampled per call). SIP summaries come from hepfast.sip.sip_fields (`sip_info_of`); its text values
+Sampling keys on `sample_key_hash` (C: sample_key): the hash of HepPacket.call_key() (C:
+call_key_hash), the SIP Call-ID for SIP packets, else the correlation-id chunk; a packet without
+a call key is sampled by its flow (addresses and ports), so a flow is kept or dropped whole. SIP summaries come from hepfast.sip.sip_fields (`sip_info_of`); its text values
 are UTF-8 decoded with replacement, so the oracle differs from C only on non-UTF-8 SIP fields.
 """
 from __future__ import annotations
@@ -489,10 +489,23 @@ def sip_info_of(pkt) -> dict | None:
     return f if any(v is not None for v in f.values()) else None
 
 
-def sample_keep(c: Compiled, r: int, key: bytes | None) -> bool:
-    if not int(c.flags[r]) & HAS_SAMPLE or not key:
+def sample_key_hash(pkt) -> int:
+    """Twin of ext/rules.pxd sample_key: the call key's hash, else a hash of the flow."""
+    key = pkt.call_key()
+    if key:
+        return hash64(key)
+    if pkt.family == 6:
+        src, dst = pkt.chunk(0, 5) or bytes(16), pkt.chunk(0, 6) or bytes(16)
+    else:
+        src, dst = pkt.chunk(0, 3) or bytes(4), pkt.chunk(0, 4) or bytes(4)
+    h = hash64(src) ^ mix64(hash64(dst))
+    return mix64(h ^ (((pkt.src_port or 0) << 16) | (pkt.dst_port or 0)))
+
+
+def sample_keep(c: Compiled, r: int, key_hash: int) -> bool:
+    if not int(c.flags[r]) & HAS_SAMPLE:
         return True
-    return mix64(hash64(key)) < int(c.sample[r])
+    return mix64(key_hash) < int(c.sample[r])
 
 
 def match_rules(c: Compiled, pkt, listener_idx: int, sip=None) -> list[int]:
@@ -506,7 +519,7 @@ def match_rules(c: Compiled, pkt, listener_idx: int, sip=None) -> list[int]:
         f = int(c.flags[r])
         if f & DROP:
             break
-        if f & HAS_SAMPLE and not sample_keep(c, r, pkt.call_key()):
+        if f & HAS_SAMPLE and not sample_keep(c, r, sample_key_hash(pkt)):
             break
         if not f & CONTINUE:
             break
@@ -531,7 +544,7 @@ def route(c: Compiled, pkt, listener_idx: int, sip=None) -> Route:
     sends = []
     for r in taken:
         if r == last and (f & DROP or (f & HAS_SAMPLE and not sample_keep(
-                c, r, pkt.call_key()))):
+                c, r, sample_key_hash(pkt)))):
             break
         s, n = int(c.fwd_start[r]), int(c.fwd_count[r])
         sends.extend((r, int(d)) for d in c.fwd[s:s + n])
@@ -539,9 +552,26 @@ def route(c: Compiled, pkt, listener_idx: int, sip=None) -> Route:
         return Route(taken, sends, None)
     if f & DROP:
         return Route(taken, [], "rule")
-    if f & HAS_SAMPLE and not sample_keep(c, last, pkt.call_key()):
+    if f & HAS_SAMPLE and not sample_keep(c, last, sample_key_hash(pkt)):
         return Route(taken, [], "sample")
     return Route(taken, [], "no_route")
+
+
+def listener_allows(c: Compiled, listener_idx: int, sender: str) -> bool:
+    """Whether a listener's `allow` CIDRs admit a datagram from `sender` (the socket's source
+    address, not the HEP src_ip chunk). Empty allow: everyone. An IPv4-mapped IPv6 sender (a
+    dual-stack "[::]" socket receiving IPv4) counts as IPv4, so "10.0.0.0/8" admits it."""
+    info = c.listeners[listener_idx]
+    if len(info.allow_fam) == 0:
+        return True
+    a = ipaddress.ip_address(sender)
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    hi, lo = addr128(a.packed)
+    return any(int(info.allow_fam[i]) == a.version
+               and hi & int(info.allow[i, 2]) == int(info.allow[i, 0])
+               and lo & int(info.allow[i, 3]) == int(info.allow[i, 1])
+               for i in range(len(info.allow_fam)))
 
 
 def rewrite_plan(c: Compiled, r: int) -> tuple[bytes, list[int]]:

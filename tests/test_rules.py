@@ -280,16 +280,21 @@ def test_first_match_continue_drop_default():
     assert c2.default_dest == 1
 
 
-def test_listener_allow():
+@pytest.mark.parametrize("sender,allowed", [
+    ("10.1.2.3", True), ("11.1.2.3", False), ("2001:db8::7", True), ("2001:db9::7", False),
+    ("::ffff:10.1.2.3", True), ("::ffff:11.1.2.3", False), ("::1", False),
+])
+def test_listener_allow(sender, allowed):
+    """`allow` is about the datagram's sender (socket address): C helper == Python twin."""
     c = compiled([], listeners=[
         {"name": "a", "listen": "127.0.0.1:9060", "allow": ["10.0.0.0/8", "2001:db8::/32"]},
-        {"name": "b", "listen": "127.0.0.1:9061"}])
-    assert _rules.listener_allows(c, 0, pkt(src="10.1.2.3"))
-    assert not _rules.listener_allows(c, 0, pkt(src="11.1.2.3"))
-    assert _rules.listener_allows(c, 0, pkt(fam=6, src="2001:db8::7"))
-    assert not _rules.listener_allows(c, 0, pkt(fam=6, src="::ffff:10.1.2.3"))
-    assert not _rules.listener_allows(c, 0, pkt(fam=None, src=None, dst=None))
-    assert _rules.listener_allows(c, 1, pkt(src="11.1.2.3"))
+        {"name": "b", "listen": "127.0.0.1:9061"},
+        {"name": "c", "listen": "127.0.0.1:9062", "allow": ["::/0"]}])
+    assert _rules.listener_allows(c, 0, sender) == rules.listener_allows(c, 0, sender) == allowed
+    assert _rules.listener_allows(c, 1, sender) and rules.listener_allows(c, 1, sender)
+    v6 = ipaddress.ip_address(sender).version == 6 and \
+        ipaddress.ip_address(sender).ipv4_mapped is None
+    assert _rules.listener_allows(c, 2, sender) == rules.listener_allows(c, 2, sender) == v6
 
 
 # ---------------------------------------------------------------- sampling
@@ -311,9 +316,24 @@ def test_sampling_keeps_whole_calls():
         keep = route(c, p, 0).drop is None
         kept += keep
         assert keep == (mix64(hash64(cid)) < int(c.sample[0]))
+        assert route(c, p, 0).drop == (None if keep else "sample")
     assert 140 < kept < 260, kept                                # deterministic hashes: ~200
-    # Without a call key the packet is kept.
-    assert route(c, codec.decode(pkt(ptype=5)), 0).sends == [(0, 0)]
+    # Without a call key a packet is sampled by its flow: a flow goes one way, flows differ.
+    flows = set()
+    for port in range(1000, 1400):
+        datas = [pkt(ptype=5, sport=port, payload=body) for body in (b"a", b"bb", b"")]
+        for d in datas:
+            both(c, d)
+        verdicts = {route(c, codec.decode(d), 0).drop for d in datas}
+        assert len(verdicts) == 1
+        flows |= verdicts
+    assert flows == {None, "sample"}
+
+
+@needs_corpus
+def test_sample_hash_matches_python_on_corpus():
+    for data, _ in corpus_packets():
+        assert _rules.sample_hash(data) == rules.sample_key_hash(codec.decode(data))
 
 
 def test_sample_one_is_no_sampling():
