@@ -157,8 +157,9 @@ class ListenerInfo(NamedTuple):
     family: int
     transport: str
     auth_key: bytes         # b"": no auth check
-    allow: np.ndarray       # uint64[n, 4] CIDR rows, as `cidrs`; n == 0: everyone
-    allow_fam: np.ndarray   # uint8[n]
+    allow: np.ndarray       # uint64[n, 4] CIDR rows of allowed senders (socket source address),
+                            # laid out as `cidrs`; n == 0: everyone
+    allow_fam: np.ndarray   # uint8[n]: 4 or 6, as cidr_fam (a v4-mapped sender counts as 4)
 
 
 @dataclass(frozen=True, eq=False)
