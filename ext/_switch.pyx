@@ -58,6 +58,7 @@ cdef extern from "<sys/socket.h>" nogil:
     unsigned char *CMSG_DATA(cmsghdr *c)
     size_t CMSG_SPACE(size_t n)
     int MSG_DONTWAIT
+    int MSG_WAITFORONE
     int SOL_SOCKET
     int SO_RXQ_OVFL
     int AF_INET
@@ -205,6 +206,7 @@ cdef class Worker:
     cdef target_t *targets
     cdef int ntargets
     cdef public int bound
+    cdef public int blocking    # single listener socket in blocking mode with SO_RCVTIMEO
 
     def __cinit__(self, listener_fds, int batch):
         cdef int i
@@ -626,8 +628,10 @@ cdef class Worker:
                         self.rmsgs[i].msg_hdr.msg_control = self.rctrl + i * CTRL
                         self.rmsgs[i].msg_hdr.msg_controllen = CTRL
                         self.rmsgs[i].msg_hdr.msg_flags = 0
-                    n = recvmmsg(self.listeners[li].fd, self.rmsgs, self.batch, MSG_DONTWAIT,
-                                 NULL)
+                    # One listener: block in the kernel until a datagram comes (the socket has
+                    # SO_RCVTIMEO, so idle loops still come back); several: never block on one.
+                    n = recvmmsg(self.listeners[li].fd, self.rmsgs, self.batch,
+                                 MSG_WAITFORONE if self.nlisteners == 1 else MSG_DONTWAIT, NULL)
                     if n <= 0:
                         continue
                     got += n
@@ -639,8 +643,10 @@ cdef class Worker:
                 self.ctr[H_HEARTBEAT] = now_ns()
                 if now_ns() >= deadline:
                     break
-                if got == 0:
+                if got == 0 and self.nlisteners > 1:
                     poll(self.pfds, self.nlisteners, idle_poll_ms)
+                elif got == 0 and self.blocking == 0:
+                    poll(self.pfds, 1, idle_poll_ms)
         return total
 
     def flush(self):

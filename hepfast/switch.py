@@ -24,6 +24,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -41,6 +42,7 @@ log = logging.getLogger("hepfast.switch")
 
 EXIT_BOOT_ERROR = 3
 SLICE_MS = 100
+RECV_TIMEOUT_US = 50_000
 RCVBUF = 8 << 20
 MODE_CODES = {"hash": 0, "all": 1, "failover": 2, "roundrobin": 3}
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
@@ -164,6 +166,7 @@ def worker_main(index: int, listener_socks: list[socket.socket], row: np.ndarray
         from hepfast._switch import Worker
 
         worker = Worker([s.fileno() for s in listener_socks], batch)
+        worker.blocking = 1 if len(listener_socks) == 1 else 0
         worker.set_counters(row)
         for i in range(len(listener_socks)):
             worker.set_overflow_base(i, int(row[C.OFF_OVERFLOW + i]))
@@ -321,7 +324,11 @@ class Supervisor:
                                   f"{li.host}:{port}: {exc.strerror} (is another hepfast or "
                                   "collector using it? change listeners.listen)") from None
                 port = s.getsockname()[1]
-                s.setblocking(False)
+                # Workers block in recvmmsg(MSG_WAITFORONE) on a single listener; the receive
+                # timeout brings them back to check signals, reloads and the heartbeat.
+                s.setblocking(True)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                             struct.pack("ll", 0, RECV_TIMEOUT_US))
                 self.listener_socks[w].append(s)
             self.bound.append((li.name, li.host, port))
 
