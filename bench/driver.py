@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Forwarder benchmark: the bare C forwarder vs `hepfast run`, side by side in one run.
+
+The forwarder under test is pinned to core 0; the generator (`hepfast replay`, paced) and the
+sink (`hepfast sink`, recvmmsg fast path) to core 1. For each subject and each offered rate step
+it measures the delivered rate, the loss and the forwarder's CPU time per forwarded packet
+(utime + stime of its whole process tree from /proc/PID/stat, so the switch's supervisor and
+workers are all counted). Subjects:
+  c_forward  bench/c_forward (recvmmsg -> sendmmsg, no parsing): the physical baseline
+  hepfast-1  `hepfast run`, 1 worker, one rule forwarding SIP to one destination
+  hepfast-10 `hepfast run`, 1 worker, 10 rules (9 that do not match) and a capture-id rewrite
+Prints a table and a JSON line (also written under bench/results/) with the ratios of CPU ns per
+packet against c_forward at the same offered rate, and each subject's max lossless rate.
+
+usage: python3 bench/driver.py [--steps 20000,50000,...] [--step-seconds 3] [--corpus FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CORPUS = REPO.parent / "shared" / "corpus" / "kamailio-hep3-udp.hepraw"
+TICK = os.sysconf("SC_CLK_TCK")
+PY = sys.executable
+
+
+def build_c(name: str) -> Path:
+    exe = BENCH / name
+    src = BENCH / f"{name}.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def tree_pids(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ns(pid: int) -> int:
+    """utime + stime of a process and its live descendants, in ns (clock-tick resolution)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])       # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total * 1_000_000_000 // TICK
+
+
+def hepfast(*args: str, core: int, **kw) -> subprocess.Popen:
+    return subprocess.Popen(["taskset", "-c", str(core), PY, "-m", "hepfast", *args],
+                            cwd=REPO, **kw)
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    p = hepfast("sink", "--listen", f"127.0.0.1:{port}", "--quiet", "--timeout", "3600", core=1,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stderr.readline()                                      # "listening on ..."
+    return p
+
+
+def stop_sink(p: subprocess.Popen) -> dict:
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=30)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def write_config(path: Path, listen: int, target: int, rules: int) -> None:
+    lines = ["[switch]", "workers = 1", "batch = 64", 'default = "drop"', "",
+             "[admin]", 'listen = "127.0.0.1:0"', "",
+             "[[listeners]]", 'name = "agents"', f'listen = "127.0.0.1:{listen}"', "",
+             "[destinations.sink]", f'targets = ["127.0.0.1:{target}"]', 'mode = "hash"', ""]
+    for k in range(rules - 1):
+        # Rules that never match the corpus (capture id 2001): they cost the evaluation only.
+        lines += ["[[rules]]", f'name = "miss{k}"', f"match.capture_id = [{9000 + k}]",
+                  'forward = ["sink"]', ""]
+    lines += ["[[rules]]", 'name = "sip"', 'match.proto_type = ["sip", "log"]']
+    if rules > 1:
+        lines += ["set.capture_id = 3001"]
+    lines += ['forward = ["sink"]', ""]
+    path.write_text("\n".join(lines))
+
+
+def start_subject(name: str, listen: int, target: int, tmp: Path) -> subprocess.Popen | None:
+    if name == "c_forward":
+        exe = build_c("c_forward")
+        return subprocess.Popen(["taskset", "-c", "0", str(exe), str(listen), str(target), "64"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    probe = subprocess.run([PY, "-c", "import hepfast.commands.run"], cwd=REPO,
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"# {name}: skipped: `hepfast run` is not available yet ({why})", file=sys.stderr)
+        return None
+    cfg = tmp / f"{name}.toml"
+    write_config(cfg, listen, target, 10 if name == "hepfast-10" else 1)
+    return hepfast("run", "-c", str(cfg), "--quiet", core=0, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, text=True)
+
+
+def offer(listen: int, rate: float, seconds: float, corpus: Path) -> dict:
+    p = hepfast("replay", str(corpus), "--to", f"127.0.0.1:{listen}", "--rate", str(rate),
+                "--count", str(int(rate * seconds)), "--quiet", core=1,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=seconds * 3 + 60)
+    if p.returncode != 0:
+        raise RuntimeError(f"hepfast replay failed: {err.strip()}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
+                tmp: Path) -> list[dict] | None:
+    listen, target = free_port(), free_port()
+    sink = start_sink(target)
+    subject = start_subject(name, listen, target, tmp)
+    if subject is None:
+        stop_sink(sink)
+        return None
+    rows = []
+    try:
+        time.sleep(1.5)                                      # workers up, sockets bound
+        if subject.poll() is not None:
+            err = subject.stderr.read() if subject.stderr else ""
+            print(f"# {name}: exited at start: {err.strip()[-500:]}", file=sys.stderr)
+            return None
+        offer(listen, 10000, 0.3, corpus)                   # warm-up: caches, page faults
+        time.sleep(0.5)
+        stop_sink(sink)
+        for rate in steps:
+            sink = start_sink(target)
+            c0 = cpu_ns(subject.pid)
+            sent = offer(listen, rate, seconds, corpus)
+            time.sleep(0.3)                                  # drain
+            c1 = cpu_ns(subject.pid)
+            got = stop_sink(sink)
+            sink = None
+            recv = got["received"]
+            rows.append({
+                "subject": name, "offered_pps": rate, "sent": sent["sent"],
+                "sent_pps": sent["pps"], "received": recv,
+                "delivered_pps": round(recv / max(sent["seconds"], 1e-9), 1),
+                "loss": round(1 - recv / sent["sent"], 5) if sent["sent"] else None,
+                "cpu_ns_per_pkt": round((c1 - c0) / recv, 1) if recv else None,
+            })
+            print(f"# {name:<11} {rate:>9.0f} pps offered: {rows[-1]}", file=sys.stderr)
+    finally:
+        if sink is not None:
+            stop_sink(sink)
+        subject.send_signal(signal.SIGTERM)
+        try:
+            subject.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            subject.kill()
+            subject.communicate()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", default="20000,50000,100000,150000,200000",
+                    help="offered rates, packets/s, comma separated")
+    ap.add_argument("--step-seconds", type=float, default=3.0)
+    ap.add_argument("--corpus", default=str(CORPUS), help=".hepraw/pcap to offer")
+    ap.add_argument("--subjects", default="c_forward,hepfast-1,hepfast-10")
+    ap.add_argument("--lossless", type=float, default=0.001, help="loss counted as lossless")
+    args = ap.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        print("driver.py needs 2 cores (forwarder on core 0, generator + sink on core 1)",
+              file=sys.stderr)
+        return 2
+    corpus = Path(args.corpus)
+    if not corpus.exists():
+        print(f"corpus {corpus} not found: pass --corpus FILE", file=sys.stderr)
+        return 2
+    steps = [float(s) for s in args.steps.split(",") if s]
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.subjects.split(","):
+            rows = run_subject(name, steps, args.step_seconds, corpus, Path(tmp))
+            if rows is not None:
+                results[name] = rows
+
+    base = {r["offered_pps"]: r for r in results.get("c_forward", [])}
+    print(f"{'subject':<11} {'offered':>9} {'delivered':>10} {'loss':>8} {'ns/pkt':>8} "
+          f"{'vs C':>6}")
+    summary: dict = {"steps": steps, "subjects": {}}
+    for name, rows in results.items():
+        lossless = [r["offered_pps"] for r in rows if r["loss"] is not None
+                    and r["loss"] <= args.lossless]
+        ratios = []
+        for r in rows:
+            b = base.get(r["offered_pps"])
+            ratio = None
+            if b and b["cpu_ns_per_pkt"] and r["cpu_ns_per_pkt"]:
+                ratio = round(r["cpu_ns_per_pkt"] / b["cpu_ns_per_pkt"], 3)
+                if r["loss"] <= args.lossless and b["loss"] <= args.lossless:
+                    ratios.append(ratio)
+            r["ratio_vs_c"] = ratio
+            print(f"{name:<11} {r['offered_pps']:>9.0f} {r['delivered_pps']:>10.0f} "
+                  f"{r['loss']:>8.4f} {r['cpu_ns_per_pkt'] or 0:>8.0f} "
+                  f"{ratio if ratio is not None else '-':>6}")
+        ratios.sort()
+        summary["subjects"][name] = {
+            "max_lossless_pps": max(lossless) if lossless else 0,
+            "median_cpu_ratio_vs_c": ratios[len(ratios) // 2] if ratios else None,
+            "rows": rows,
+        }
+    line = json.dumps(summary)
+    out = BENCH / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"driver-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
