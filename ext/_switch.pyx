@@ -25,7 +25,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from hepwire cimport *
 from sipscan cimport sip_info, sip_scan
 from rules cimport (rule_tables, rules_bind, rule_match, pkt_is_sip, call_key_hash,
-                   rule_sample_keep, RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE)
+                   rule_sample_keep, sample_key, cidr_match, RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE)
 
 import numpy as np
 
@@ -151,6 +151,7 @@ cdef struct listener_t:
     Py_ssize_t auth_len
     int has_auth
     const uint64_t *allow      # [n][4]: net_hi, net_lo, mask_hi, mask_lo over v4-mapped v6
+    const uint8_t *allow_fam   # [n]: 4 or 6, a row only matches senders of its family
     Py_ssize_t nallow
     uint64_t ovfl_base
     uint32_t ovfl_seen
@@ -268,6 +269,7 @@ cdef class Worker:
         cdef const int32_t[::1] rs = tables.rule_slot
         cdef rule_tables rt
         cdef const uint64_t[:, ::1] allow
+        cdef const uint8_t[::1] allow_fam
         cdef const uint8_t[::1] auth
         cdef dest_t *dests
         cdef target_t *targets
@@ -331,9 +333,14 @@ cdef class Worker:
                 self.listeners[i].auth = NULL
                 self.listeners[i].auth_len = 0
             allow = lt.allow
+            allow_fam = lt.allow_fam
+            if allow_fam.shape[0] != allow.shape[0]:
+                raise ValueError("listener allow rows and families disagree")
             refs.append(lt.allow)
+            refs.append(lt.allow_fam)
             self.listeners[i].nallow = allow.shape[0]
             self.listeners[i].allow = &allow[0, 0] if allow.shape[0] else NULL
+            self.listeners[i].allow_fam = &allow_fam[0] if allow.shape[0] else NULL
         # Commit: nothing below can fail.
         self._free_targets()
         free(self.dests)
@@ -407,15 +414,8 @@ cdef class Worker:
         self.ctr[H_COPIES] += 1
 
     cdef inline uint64_t _call_key(self, const uint8_t *buf, hep_pkt *p) noexcept nogil:
-        cdef uint64_t h
-        if call_key_hash(p, buf, &h):
-            return h
-        # No call key: keep a flow together by its addresses and ports.
-        if p.family == 6:
-            h = hep_hash64(p.src6, 16) ^ hep_mix64(hep_hash64(p.dst6, 16))
-        else:
-            h = hep_hash64(p.src4, 4) ^ hep_mix64(hep_hash64(p.dst4, 4))
-        return hep_mix64(h ^ ((<uint64_t>p.src_port << 16) | p.dst_port))
+        # The call key's hash, or the flow's for packets without one (same as sampling).
+        return sample_key(p, buf)
 
     cdef inline int _pick(self, dest_t *d, uint64_t key, int64_t now) noexcept nogil:
         cdef int i, best = d.tstart
@@ -508,20 +508,19 @@ cdef class Worker:
 
     cdef inline int _allowed(self, listener_t *l, sockaddr_storage *sa) noexcept nogil:
         cdef uint64_t hi, lo
-        cdef Py_ssize_t i
+        cdef uint8_t fam
         if l.nallow == 0:
             return 1
         if sa.ss_family == AF_INET:
             addr128(<const uint8_t *>&(<sockaddr_in *>sa).sin_addr, 0, &hi, &lo)
+            fam = 4
         elif sa.ss_family == AF_INET6:
             addr128((<sockaddr_in6 *>sa).sin6_addr.s6_addr, 1, &hi, &lo)
+            # an IPv4 sender on a dual-stack socket shows up as ::ffff:a.b.c.d
+            fam = 4 if hi == 0 and (lo >> 32) == 0xffff else 6
         else:
             return 0
-        for i in range(l.nallow):
-            if (hi & l.allow[4 * i + 2]) == l.allow[4 * i] and \
-                    (lo & l.allow[4 * i + 3]) == l.allow[4 * i + 1]:
-                return 1
-        return 0
+        return cidr_match(l.allow, l.allow_fam, 0, l.nallow, hi, lo, fam)
 
     cdef void _process(self, int li, int nmsg) noexcept nogil:
         cdef int i, rc, di, forwarded

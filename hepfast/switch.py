@@ -67,6 +67,7 @@ def compile_text(text: str, source: str = "<config>"):
 class ListenerTables:
     auth_key: bytes
     allow: np.ndarray
+    allow_fam: np.ndarray
 
 
 @dataclass
@@ -129,9 +130,9 @@ def bind_tables(compiled, rule_slots: dict, target_slots: dict, sock_cache: dict
             seeds.append(int(t.seed))
     for key in [k for k in sock_cache if k not in used]:
         sock_cache.pop(key).close()
-    # ACL rows map IPv4 into ::ffff:0:0/96, which is also how a dual-stack socket reports an
-    # IPv4 sender, so one comparison covers both.
-    listeners = [ListenerTables(auth_key=bytes(li.auth_key), allow=_c(li.allow, np.uint64).reshape(-1, 4))
+    listeners = [ListenerTables(auth_key=bytes(li.auth_key),
+                                allow=_c(li.allow, np.uint64).reshape(-1, 4),
+                                allow_fam=_c(li.allow_fam, np.uint8))
                  for li in compiled.listeners]
     return BoundTables(
         compiled=compiled,

@@ -367,3 +367,65 @@ def test_no_python_allocation_per_packet(tmp_path):
     sink.close()
     lsock.close()
     del np
+
+
+@pytest.mark.parametrize("allow,auth,expect", [
+    ('["10.0.0.0/8"]', '""', "acl"),            # 127.0.0.1 is not allowed
+    ('["::/0"]', '""', "acl"),                 # an IPv6 rule never admits an IPv4 sender
+    ('["127.0.0.0/8"]', '"s3cret"', "auth"),   # allowed, but the corpus has no auth chunk
+    ('["127.0.0.0/8"]', '""', None),           # allowed, no key: forwarded
+])
+def test_listener_acl_and_auth(tmp_path, sinks, allow, auth, expect):
+    kam = corpus("kamailio")[:100]
+    (s,) = sinks(1)
+    sw = SwitchProcess(tmp_path, f"""
+        [switch]
+        workers = 1
+        default = "out"
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        allow = {allow}
+        auth_key = {auth}
+        [destinations.out]
+        targets = ["127.0.0.1:{s.port}"]
+        """, extra=["--no-admin"])
+    try:
+        sw.send(kam)
+        if expect is None:
+            assert s.wait_for(len(kam), timeout=30)
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    check_accounting(summary)
+    if expect is None:
+        assert summary["forwarded_total"] == len(kam) and not summary["invalid"]
+    else:
+        assert summary["invalid"] == {expect: len(kam)} and s.packets == []
+
+
+def test_auth_key_match_forwards(tmp_path, sinks):
+    kam = corpus("kamailio")[:50]
+    keyed = [codec.rewrite(p, set={"auth_key": "s3cret"}) for p in kam]
+    wrong = [codec.rewrite(p, set={"auth_key": "guess"}) for p in kam[:10]]
+    (s,) = sinks(1)
+    sw = SwitchProcess(tmp_path, f"""
+        [switch]
+        workers = 1
+        default = "out"
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        auth_key = "s3cret"
+        [destinations.out]
+        targets = ["127.0.0.1:{s.port}"]
+        """, extra=["--no-admin"])
+    try:
+        sw.send(keyed + wrong)
+        assert s.wait_for(len(keyed), timeout=30)
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    assert collections.Counter(s.packets) == collections.Counter(keyed)
+    assert summary["invalid"] == {"auth": len(wrong)}
+    check_accounting(summary)
