@@ -1,13 +1,14 @@
 #!/bin/sh
-# Install what the test suite needs, only what is missing; a no-op when everything is present.
+# Install what building and testing hepfast needs, only what is missing; a no-op when all is present.
 #
-# - the `prometheus` server (Debian package), for tests/test_prometheus.py: installed with apt-get
-#   only when `prometheus` is not on PATH; `apt-get update` is tried only if the install fails
-#   (stale or empty package lists on a fresh image).
-# - the Python packages of pyproject.toml (run + test), with `python3 -m pip`, only those that do
-#   not import.
-# Safe to run repeatedly; prints each thing it does. Meant for root on Debian 12 (uses sudo when
-# not root and sudo exists). Set HEPFAST_SKIP_APT=1 to skip the apt part.
+# - the `prometheus` server (Debian package), for the tests that start a real Prometheus:
+#   installed only when `prometheus` is not on PATH.
+# - a C compiler and the Python headers (build_ext), when missing.
+# - the Python packages of pyproject.toml (run + test + build), with `python3 -m pip`, only those
+#   that do not import.
+# apt-get: `apt-get update` is run only if an install fails (stale or empty package lists on a
+# fresh image). Safe to run repeatedly; prints what it does. Meant for root on Debian 12 (uses
+# `sudo -n` when not root). HEPFAST_SKIP_APT=1 skips every apt-get step.
 set -u
 
 PYTHON="${PYTHON:-python3}"
@@ -26,34 +27,61 @@ as_root() {
     fi
 }
 
+# apt_install WHAT PACKAGE...: install, and on failure refresh the package lists and retry once.
+apt_install() {
+    what="$1"
+    shift
+    if [ "${HEPFAST_SKIP_APT:-0}" = "1" ]; then
+        say "$what missing; HEPFAST_SKIP_APT=1, not installing: $*"
+        return 1
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "$what missing and no apt-get here: install $* by other means"
+        return 1
+    fi
+    say "installing $what: apt-get install -y --no-install-recommends $*"
+    if DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "$@"
+    then
+        return 0
+    fi
+    say "install failed; refreshing package lists: apt-get update"
+    as_root apt-get update -q && \
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "$@"
+}
+
 # --- prometheus ---------------------------------------------------------------------------
 if command -v prometheus >/dev/null 2>&1; then
     say "prometheus present: $(command -v prometheus)"
-elif [ "${HEPFAST_SKIP_APT:-0}" = "1" ]; then
-    say "prometheus missing; HEPFAST_SKIP_APT=1, not installing (tests/test_prometheus.py will skip)"
-elif ! command -v apt-get >/dev/null 2>&1; then
-    say "prometheus missing and no apt-get here: install Prometheus 2.x and put 'prometheus' on PATH"
 else
-    export DEBIAN_FRONTEND=noninteractive
-    say "installing prometheus: apt-get install -y --no-install-recommends prometheus"
-    if ! as_root apt-get install -y -q --no-install-recommends prometheus; then
-        say "install failed; refreshing package lists: apt-get update"
-        as_root apt-get update -q && \
-            as_root apt-get install -y -q --no-install-recommends prometheus
-    fi
+    apt_install prometheus prometheus
     if command -v prometheus >/dev/null 2>&1; then
         say "prometheus installed: $(command -v prometheus)"
     else
-        say "could not install prometheus (tests/test_prometheus.py will skip)"
+        say "no prometheus: the tests that start a real Prometheus will skip"
         status=1
     fi
 fi
 
+# --- compiler and Python headers (python3 setup.py build_ext) -----------------------------
+if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+    apt_install "C compiler" gcc libc6-dev || status=1
+fi
+header="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)/Python.h"
+if [ ! -f "$header" ]; then
+    case "$("$PYTHON" -c 'import sys; print(sys.executable)' 2>/dev/null)" in
+        /usr/bin/*) apt_install "Python headers" python3-dev || status=1 ;;
+        *) say "no $header for $PYTHON: install its development headers"; status=1 ;;
+    esac
+fi
+
 # --- Python packages ----------------------------------------------------------------------
+if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    apt_install pip python3-pip || status=1
+fi
 # "import name:pip requirement"
 missing=""
 for pair in numpy:numpy msgspec:msgspec prometheus_client:prometheus-client pytest:pytest \
-            hypothesis:hypothesis Cython:Cython ruff:ruff; do
+            hypothesis:hypothesis Cython:Cython setuptools:setuptools wheel:wheel ruff:ruff; do
     mod="${pair%%:*}"
     req="${pair#*:}"
     if [ "$mod" = "ruff" ]; then
@@ -75,12 +103,7 @@ else
     if [ -f "$marker" ] && [ "$in_venv" != "1" ]; then
         flags="--break-system-packages"
     fi
-    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
-        say "pip missing for $PYTHON: apt-get install -y python3-pip"
-        as_root apt-get install -y -q --no-install-recommends python3-pip || \
-            { as_root apt-get update -q && as_root apt-get install -y -q python3-pip; }
-    fi
-    say "installing python packages:$missing"
+    say "installing python packages:$missing ($PYTHON -m pip install $flags)"
     # shellcheck disable=SC2086
     if ! "$PYTHON" -m pip install -q $flags $missing; then
         say "pip install failed for:$missing"
