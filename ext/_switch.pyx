@@ -27,7 +27,7 @@ from sipscan cimport sip_info, sip_scan
 from rules cimport (rule_tables, rules_bind, rule_match, pkt_is_sip, call_key_hash,
                    rule_sample_keep, sample_key, cidr_match, RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE)
 
-import numpy as np
+cimport cython
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -417,6 +417,7 @@ cdef class Worker:
         # The call key's hash, or the flow's for packets without one (same as sampling).
         return sample_key(p, buf)
 
+    @cython.cdivision(True)     # tcount >= 1: bind() refuses a destination without targets
     cdef inline int _pick(self, dest_t *d, uint64_t key, int64_t now) noexcept nogil:
         cdef int i, best = d.tstart
         cdef uint64_t w, bw = 0
