@@ -25,6 +25,21 @@ def corpus(name_part: str) -> list[bytes]:
     pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
 
 
+def pass_through(tmp_path, port: int, listener_extra: str = "") -> SwitchProcess:
+    """One worker, one listener, every packet to one target through `switch.default`."""
+    return SwitchProcess(tmp_path, f"""
+        [switch]
+        workers = 1
+        default = "out"
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        {listener_extra}
+        [destinations.out]
+        targets = ["127.0.0.1:{port}"]
+        """, extra=["--no-admin"])
+
+
 @pytest.fixture
 def sinks():
     made = []
@@ -192,16 +207,7 @@ def test_malformed_counted_by_reason_valid_still_arrive(tmp_path, sinks):
     bad["chunk"][0] = bad["chunk"][0][:4] + struct.pack(">H", len(bad["chunk"][0])) + \
         bad["chunk"][0][6:]
     (s,) = sinks(1)
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 1
-        default = "out"
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.out]
-        targets = ["127.0.0.1:{s.port}"]
-        """, extra=["--no-admin"])
+    sw = pass_through(tmp_path, s.port)
     mixed = []
     flat = [(r, p) for r, ps in bad.items() for p in ps]
     for i, p in enumerate(kam):
@@ -378,18 +384,7 @@ def test_no_python_allocation_per_packet(tmp_path):
 def test_listener_acl_and_auth(tmp_path, sinks, allow, auth, expect):
     kam = corpus("kamailio")[:100]
     (s,) = sinks(1)
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 1
-        default = "out"
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        allow = {allow}
-        auth_key = {auth}
-        [destinations.out]
-        targets = ["127.0.0.1:{s.port}"]
-        """, extra=["--no-admin"])
+    sw = pass_through(tmp_path, s.port, f"allow = {allow}\n        auth_key = {auth}")
     try:
         sw.send(kam)
         if expect is None:
@@ -409,17 +404,7 @@ def test_auth_key_match_forwards(tmp_path, sinks):
     keyed = [codec.rewrite(p, set={"auth_key": "s3cret"}) for p in kam]
     wrong = [codec.rewrite(p, set={"auth_key": "guess"}) for p in kam[:10]]
     (s,) = sinks(1)
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 1
-        default = "out"
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        auth_key = "s3cret"
-        [destinations.out]
-        targets = ["127.0.0.1:{s.port}"]
-        """, extra=["--no-admin"])
+    sw = pass_through(tmp_path, s.port, 'auth_key = "s3cret"')
     try:
         sw.send(keyed + wrong)
         assert s.wait_for(len(keyed), timeout=30)
