@@ -23,6 +23,15 @@ cdef inline const uint8_t *_ptr(const uint8_t[::1] mv) noexcept:
     return &mv[0]
 
 
+cdef const uint8_t *_parsed(const uint8_t[::1] mv, hep_pkt *p) except NULL:
+    """Parse mv into p; raise HepError with the reason when it does not parse."""
+    cdef const uint8_t *buf = _ptr(mv)
+    cdef int r = hep_parse(buf, mv.shape[0], p)
+    if r != HEP_OK:
+        raise HepError(r)
+    return buf
+
+
 def reason(data):
     """Reason code for one message: 0 when it parses."""
     cdef const uint8_t[::1] mv = data
@@ -89,12 +98,9 @@ def decode(data):
     """HepPacket for one message; raises HepError with the reason code."""
     cdef const uint8_t[::1] mv = data
     cdef hep_pkt p
-    cdef const uint8_t *buf = _ptr(mv)
-    cdef int r = hep_parse(buf, mv.shape[0], &p)
+    cdef const uint8_t *buf = _parsed(mv, &p)
     cdef uint8_t *scratch
     cdef Py_ssize_t n
-    if r != HEP_OK:
-        raise HepError(r)
     if p.version == 3:
         return _packet(buf, &p, _walk_chunks(buf, p.total))
     # v1/v2: the chunk list is what the v3 form of the message holds.
@@ -115,14 +121,11 @@ def rewrite(data, setbuf=b"", skip=(), int version=3):
     cdef const uint8_t[::1] mv = data
     cdef const uint8_t[::1] sb = setbuf
     cdef hep_pkt p, p2
-    cdef const uint8_t *buf = _ptr(mv)
-    cdef int r = hep_parse(buf, mv.shape[0], &p)
+    cdef const uint8_t *buf = _parsed(mv, &p)
     cdef uint32_t keys[256]
     cdef int nkeys = 0
     cdef Py_ssize_t n, n2
     cdef uint8_t *scratch
-    if r != HEP_OK:
-        raise HepError(r)
     for k in skip:
         if nkeys >= 256:
             raise ValueError("at most 256 skip keys")
@@ -155,12 +158,9 @@ cdef object _v2_error(hep_pkt *p):
 def to_v2(data):
     cdef const uint8_t[::1] mv = data
     cdef hep_pkt p
-    cdef const uint8_t *buf = _ptr(mv)
-    cdef int r = hep_parse(buf, mv.shape[0], &p)
+    cdef const uint8_t *buf = _parsed(mv, &p)
     cdef uint8_t *scratch
     cdef Py_ssize_t n
-    if r != HEP_OK:
-        raise HepError(r)
     scratch = <uint8_t *>malloc(SCRATCH)
     if scratch == NULL:
         raise MemoryError()
