@@ -6,7 +6,7 @@ the inline C functions of hepwire.pxd; this module only adds the slow-path view 
 batch entry points the benchmarks use. Buffers are borrowed through memoryviews, never copied
 except to build return values.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, int64_t
 from libc.stdlib cimport malloc, free
 from hepwire cimport *
 
@@ -52,6 +52,7 @@ cdef list _walk_chunks(const uint8_t *buf, uint32_t total):
 
 cdef object _packet(const uint8_t *buf, hep_pkt *p, list chunks):
     cdef uint64_t pr = p.present
+
     def has(int t):
         return bool(pr & ((<uint64_t>1) << t))
     pk = HepPacket(version=p.version, total=p.total, chunks=chunks)

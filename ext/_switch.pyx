@@ -24,8 +24,10 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from hepwire cimport *
 from sipscan cimport sip_info, sip_scan
-from rules cimport (rule_tables, rules_bind, rule_match, pkt_is_sip, call_key_hash,
-                   rule_sample_keep, sample_key, cidr_match, RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE)
+from rules cimport (
+    rule_tables, rules_bind, rule_match, pkt_is_sip, rule_sample_keep, sample_key, cidr_match,
+    RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE,
+)
 
 cimport cython
 
@@ -165,17 +167,17 @@ cdef inline int64_t now_ns() noexcept nogil:
 
 cdef inline void addr128(const uint8_t *a, int v6, uint64_t *hi, uint64_t *lo) noexcept nogil:
     cdef int i
-    cdef uint64_t h = 0, l = 0
+    cdef uint64_t h = 0, low = 0
     if v6:
         for i in range(8):
             h = (h << 8) | a[i]
-            l = (l << 8) | a[8 + i]
+            low = (low << 8) | a[8 + i]
     else:
         h = 0
-        l = (<uint64_t>0xffff << 32) | (<uint64_t>a[0] << 24) | (<uint64_t>a[1] << 16) \
+        low = (<uint64_t>0xffff << 32) | (<uint64_t>a[0] << 24) | (<uint64_t>a[1] << 16) \
             | (<uint64_t>a[2] << 8) | a[3]
     hi[0] = h
-    lo[0] = l
+    lo[0] = low
 
 
 cdef class Worker:
@@ -507,10 +509,10 @@ cdef class Worker:
             have_key[0] = 1
         self._queue(self._pick(d, key[0], now), data, n)
 
-    cdef inline int _allowed(self, listener_t *l, sockaddr_storage *sa) noexcept nogil:
+    cdef inline int _allowed(self, listener_t *lst, sockaddr_storage *sa) noexcept nogil:
         cdef uint64_t hi, lo
         cdef uint8_t fam
-        if l.nallow == 0:
+        if lst.nallow == 0:
             return 1
         if sa.ss_family == AF_INET:
             addr128(<const uint8_t *>&(<sockaddr_in *>sa).sin_addr, 0, &hi, &lo)
@@ -521,14 +523,14 @@ cdef class Worker:
             fam = 4 if hi == 0 and (lo >> 32) == 0xffff else 6
         else:
             return 0
-        return cidr_match(l.allow, l.allow_fam, 0, l.nallow, hi, lo, fam)
+        return cidr_match(lst.allow, lst.allow_fam, 0, lst.nallow, hi, lo, fam)
 
     cdef void _process(self, int li, int nmsg) noexcept nogil:
-        cdef int i, rc, di, forwarded
+        cdef int i, rc, forwarded
         cdef Py_ssize_t r, j
         cdef const uint8_t *buf
         cdef hep_pkt p
-        cdef listener_t *l = &self.listeners[li]
+        cdef listener_t *lst = &self.listeners[li]
         cdef uint64_t key = 0
         cdef int have_key
         cdef int64_t now = now_ns()
@@ -545,14 +547,15 @@ cdef class Worker:
             cm = CMSG_FIRSTHDR(&self.rmsgs[i].msg_hdr)
             while cm != NULL:
                 if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SO_RXQ_OVFL:
-                    memcpy(&l.ovfl_seen, CMSG_DATA(cm), 4)
+                    memcpy(&lst.ovfl_seen, CMSG_DATA(cm), 4)
                 cm = CMSG_NXTHDR(&self.rmsgs[i].msg_hdr, cm)
             rc = hep_parse(buf, self.rmsgs[i].msg_len, &p)
-            if rc == HEP_OK and l.has_auth and (p.auth_len != l.auth_len or
-                    not (p.present & ((<uint64_t>1) << CH_AUTH)) or
-                    memcmp(buf + p.auth_off, l.auth, l.auth_len) != 0):
+            if rc == HEP_OK and lst.has_auth and (
+                    p.auth_len != lst.auth_len
+                    or not (p.present & ((<uint64_t>1) << CH_AUTH))
+                    or memcmp(buf + p.auth_off, lst.auth, lst.auth_len) != 0):
                 rc = R_AUTH
-            if rc == HEP_OK and not self._allowed(l, &self.raddr[i]):
+            if rc == HEP_OK and not self._allowed(lst, &self.raddr[i]):
                 rc = R_ACL
             if rc != HEP_OK:
                 self.ctr[OFF_INVALID + li * 8 + rc] += 1
@@ -605,7 +608,7 @@ cdef class Worker:
                     self._count_drop(D_NO_ROUTE, 1)
             if forwarded == 1:
                 self.ctr[H_ROUTED] += 1
-        self.ctr[OFF_OVERFLOW + li] = l.ovfl_base + l.ovfl_seen
+        self.ctr[OFF_OVERFLOW + li] = lst.ovfl_base + lst.ovfl_seen
 
     def run(self, int slice_ms=100, int idle_poll_ms=50):
         """Forward until `slice_ms` has passed; returns the number of datagrams handled."""
