@@ -1,10 +1,12 @@
 """Type stubs of the compiled codec (ext/_codec.pyx); same API as hepfast/_pycodec.py."""
-from collections.abc import Buffer, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
 from hepfast.packet import HepPacket
+
+Buffer = bytes | bytearray | memoryview
 
 def reason(data: Buffer) -> int: ...
 def decode(data: Buffer) -> HepPacket: ...
