@@ -218,6 +218,13 @@ class WorkerSlot:
     next_start: float = 0.0
 
 
+def restart_delay(fails: int) -> float:
+    """Seconds before respawning a worker that failed `fails` times in a row at start-up (or
+    within a second of it): the first crash is replaced at once, repeated ones back off
+    exponentially up to 30 s, so a worker that cannot start never spins in a tight loop."""
+    return 0.0 if fails <= 1 else min(30.0, 0.5 * 2 ** (fails - 1))
+
+
 class Supervisor:
     """Owns sockets, counters and workers. `start()`, then `serve()` until a stop signal (or call
     `stop()` from another thread)."""
@@ -418,7 +425,7 @@ class Supervisor:
                     lived = time.monotonic() - s.started
                     s.pid = 0
                     s.fails = s.fails + 1 if (code == EXIT_BOOT_ERROR or lived < 1.0) else 0
-                    delay = 0.0 if s.fails <= 1 else min(30.0, 0.5 * 2 ** (s.fails - 1))
+                    delay = restart_delay(s.fails)
                     s.next_start = time.monotonic() + delay
                     self.restarts += 1
                     self.counters.rows[0][C.H_RESTARTS] = self.restarts

@@ -217,3 +217,48 @@ def test_sigterm_drains_queued_packets(tmp_path, two_sinks):
     assert a.wait_for(len(pkts), timeout=15)
     assert summary["forwarded_total"] == len(pkts)
     assert collections.Counter(a.packets) == collections.Counter(pkts)
+
+
+def test_restart_backoff_is_bounded_and_grows():
+    from hepfast.switch import restart_delay
+
+    delays = [restart_delay(n) for n in range(0, 12)]
+    assert delays[0] == delays[1] == 0.0            # a single crash: replaced at once
+    assert all(b >= a for a, b in zip(delays, delays[1:], strict=False))
+    assert delays[3] > delays[2] > 0 and max(delays) == 30.0
+
+
+def test_kernel_receive_drops_are_counted(tmp_path, two_sinks):
+    """Stop the only worker, overflow its socket, let it go: SO_RXQ_OVFL tells how many the
+    kernel dropped, and received + dropped-by-kernel equals what was sent."""
+    a, b = two_sinks
+    sw = SwitchProcess(tmp_path, _config("a", a.port, b.port, workers=1))
+    base = _admin(sw)
+    pkts = corpus_sip()
+    try:
+        pid = _status(base)["workers"][0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sent = 0
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for i in range(40_000):          # ~24 MB: well past the 8 MiB receive buffer
+                s.sendto(pkts[i % len(pkts)], ("127.0.0.1", sw.port))
+                sent += 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for _ in range(20):                 # the drop count rides on the next datagrams
+            s.sendto(pkts[0], ("127.0.0.1", sw.port))
+            sent += 1
+            time.sleep(0.01)
+        s.close()
+        _wait(lambda: a.received > 0, what="forwarding to resume")
+        a.wait_quiet(0.5, timeout=30)
+        metrics = _get(base + "/metrics")[1].decode()
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    assert summary["overflows"] > 0
+    assert summary["datagrams"] + summary["overflows"] == sent
+    line = [ln for ln in metrics.splitlines()
+            if ln.startswith('hepfast_receive_overflows_total{listener="agents"}')]
+    assert line and float(line[0].rsplit(" ", 1)[1]) > 0
