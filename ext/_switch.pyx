@@ -55,6 +55,8 @@ cdef extern from "<sys/socket.h>" nogil:
         unsigned short ss_family
     int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, timespec *timeout)
     int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    int SO_ERROR
     cmsghdr *CMSG_FIRSTHDR(msghdr *m)
     cmsghdr *CMSG_NXTHDR(msghdr *m, cmsghdr *c)
     unsigned char *CMSG_DATA(cmsghdr *c)
@@ -133,6 +135,7 @@ cdef struct target_t:
     int slot
     uint64_t seed
     int64_t down_until
+    int check_err       # failover targets: read SO_ERROR after each send (see _flush_target)
     unsigned int n
     unsigned int cap
     mmsghdr *msgs
@@ -295,6 +298,10 @@ cdef class Worker:
             dests[i].version = tables.dest_versions[i]
             dests[i].tstart = tables.dest_tstart[i]
             dests[i].tcount = tables.dest_tcount[i]
+            if dests[i].mode == M_FAILOVER:
+                for j in range(dests[i].tstart, dests[i].tstart + dests[i].tcount):
+                    if 0 <= j < ntargets:
+                        targets[j].check_err = 1
             if dests[i].tcount < 1 or dests[i].tstart + dests[i].tcount > ntargets:
                 free(dests)
                 free(targets)
@@ -368,7 +375,8 @@ cdef class Worker:
 
     cdef void _flush_target(self, target_t *t, int64_t now) noexcept nogil:
         cdef unsigned int sent = 0
-        cdef int r, err, refused = 0
+        cdef int r, err, refused = 0, soerr = 0
+        cdef socklen_t optlen
         while sent < t.n:
             r = sendmmsg(t.fd, t.msgs + sent, t.n - sent, MSG_DONTWAIT)
             if r > 0:
@@ -396,6 +404,15 @@ cdef class Worker:
                 refused = 0
             else:
                 refused = 1
+        if t.check_err and sent:
+            # sendmmsg reports an ICMP error only if it is pending before the first message of
+            # the call, so errors caused inside a batch would wait for the next one; failover
+            # needs to know now. One getsockopt per batch, for failover targets only.
+            optlen = sizeof(int)
+            if getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &soerr, &optlen) == 0 and soerr != 0:
+                self.ctr[OFF_SEND_ERR + t.slot] += 1
+                self.ctr[OFF_LAST_ERR + t.slot] = now
+                t.down_until = now + DOWN_NS
         t.n = 0
 
     cdef void _flush_all(self) noexcept nogil:

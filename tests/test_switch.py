@@ -414,3 +414,49 @@ def test_auth_key_match_forwards(tmp_path, sinks):
     assert collections.Counter(s.packets) == collections.Counter(keyed)
     assert summary["invalid"] == {"auth": len(wrong)}
     check_accounting(summary)
+
+
+def _mode_run(tmp_path, mode: str, target_ports: list[int], packets: list[bytes]) -> dict:
+    sw = SwitchProcess(tmp_path, f"""
+        [switch]
+        workers = 1
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        [destinations.d]
+        targets = [{", ".join(f'"127.0.0.1:{p}"' for p in target_ports)}]
+        mode = "{mode}"
+        [[rules]]
+        name = "all"
+        forward = ["d"]
+        """, extra=["--no-admin"])
+    try:
+        sw.send(packets, pace_every=10, pace_s=0.002)
+        time.sleep(0.5)
+        return sw.stop()
+    finally:
+        sw.kill()
+
+
+def test_roundrobin_spreads_evenly(tmp_path, sinks):
+    ss = sinks(3)
+    pkts = corpus("kamailio")[:300]
+    summary = _mode_run(tmp_path, "roundrobin", [s.port for s in ss], pkts)
+    for s in ss:
+        assert s.wait_for(100, timeout=20)
+    assert sorted(len(s.packets) for s in ss) == [100, 100, 100]
+    assert collections.Counter(p for s in ss for p in s.packets) == collections.Counter(pkts)
+    check_accounting(summary)
+
+
+def test_failover_moves_to_the_next_target(tmp_path, sinks):
+    (live,) = sinks(1)
+    dead = free_udp_port()
+    pkts = corpus("kamailio")[:300]
+    summary = _mode_run(tmp_path, "failover", [dead, live.port], pkts)
+    live.wait_quiet(0.3, timeout=10)
+    assert summary["send_errors"][f"d/127.0.0.1:{dead}"] > 0
+    # only what was sent before the first ICMP error came back can be lost
+    assert len(live.packets) >= len(pkts) - 10
+    assert set(live.packets) <= set(pkts)
+    check_accounting(summary)
