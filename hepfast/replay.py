@@ -6,12 +6,13 @@ time), `.hepraw` files, and `synthetic:OPTIONS` (hepfast.synthetic).
 
 Invariants:
 - Everything is built before the first packet leaves: one contiguous numpy buffer + int64 offsets
-  (`PacketSet`). The send loop (hepfast._sender.Sender) only reads it, except `--stamp`, which
-  patches the timestamp chunk bodies in place at offsets found here.
+  (`PacketSet`). The send loop (hepfast._sender.Sender) only reads it, except the loop marks
+  (below) and `--stamp`, which patches the timestamp chunk bodies in place at offsets found here.
 - Loop 0 sends the source packets byte for byte. Loops 1.. send a second, template buffer in
   which every SIP Call-ID and every correlation id carries a fixed-width mark `~L` + 6 digits;
-  before loop k the digits are overwritten in place (numpy, no rebuild), so every loop is new
-  calls with the same structure and sizes. Loop numbers wrap after 999999.
+  the C send loop overwrites a packet's digits in place right before the packet joins a batch
+  (no rebuild, no return to Python per loop), so every loop is new calls with the same structure
+  and sizes. Loop numbers wrap after 999999.
 - The work is a sequence of global positions g = loop * n + index; `--processes N` gives each
   forked process a contiguous share of it, so the totals add up exactly.
 """
@@ -264,7 +265,6 @@ class PacketSet:
         self.span_ns = int(self.sched[-1]) + max(gap, 1)
         self.ts_off, self.ts_le = _stamp_arrays(datas) if stamp else (None, None)
         self.tbuf = self.toffsets = self.tts_off = self.mark_pos = None
-        self.loop_loaded = 0
         if loops_needed:
             tdatas = [loop_template(d) for d in datas]
             self.tbuf, self.toffsets = _pack(tdatas)
@@ -278,23 +278,30 @@ class PacketSet:
                     marks.append(j + len(MARK))
                 pos = j + 1
             self.mark_pos = np.asarray(marks, dtype=np.int64)
-            self._digit_idx = (self.mark_pos[:, None] + np.arange(MARK_DIGITS)).ravel()
             self.tts_off, _ = _stamp_arrays(tdatas) if stamp else (None, None)
 
     @property
     def nbytes(self) -> int:
         return int(self.offsets[-1])
 
-    def arrays(self, loop: int):
-        """(buf, offsets, ts_off) for sending loop `loop` (the template is patched first)."""
-        if loop == 0 or self.tbuf is None:
-            return self.buf, self.offsets, self.ts_off
-        k = loop % (10 ** MARK_DIGITS)
-        if k != self.loop_loaded and len(self.mark_pos):
-            digits = np.frombuffer(f"{k:0{MARK_DIGITS}d}".encode(), dtype=np.uint8)
-            self.tbuf[self._digit_idx] = np.tile(digits, len(self.mark_pos))
-            self.loop_loaded = k
-        return self.tbuf, self.toffsets, self.tts_off
+    def mark_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mark_pos, mark_start): the first digit of every loop mark in the template buffer,
+        grouped per packet (packet i owns mark_pos[mark_start[i]:mark_start[i+1]]). The sender
+        rewrites them in place, per packet, as each loop reaches it."""
+        if self.tbuf is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(self.n + 1, dtype=np.int64)
+        start = np.searchsorted(self.mark_pos, self.toffsets, side="left").astype(np.int64)
+        return self.mark_pos, start
+
+    def template_packet(self, loop: int, i: int) -> bytes:
+        """Packet i as loop `loop` (>= 1) sends it (for tests; the sender patches in place)."""
+        raw = bytearray(self.tbuf[self.toffsets[i]:self.toffsets[i + 1]].tobytes())
+        digits = f"{loop % (10 ** MARK_DIGITS):0{MARK_DIGITS}d}".encode()
+        for m in self.mark_pos[(self.mark_pos >= self.toffsets[i])
+                               & (self.mark_pos < self.toffsets[i + 1])]:
+            m = int(m - self.toffsets[i])
+            raw[m:m + MARK_DIGITS] = digits
+        return bytes(raw)
 
 
 def load(sources: list[str], capture_id: int = 0, node: str | None = None) -> list[Packet]:
@@ -337,35 +344,36 @@ def connect(to: tuple[str, int], transport: str) -> socket.socket:
     return s
 
 
+def make_sender(pset: PacketSet, plan: Plan, fd: int):
+    """A hepfast._sender.Sender for this plan with the packet set loaded (iovecs built once)."""
+    from hepfast._sender import Sender
+
+    sender = Sender(fd, plan.rate if not plan.speed else 0.0, plan.batch, plan.stamp,
+                    plan.transport == "tcp")
+    mark_pos, mark_start = pset.mark_index()
+    sched = (pset.sched / plan.speed).astype(np.int64) if plan.speed else None
+    span = max(1, int(pset.span_ns / plan.speed)) if plan.speed else 0
+    sender.load(pset.buf, pset.offsets, pset.tbuf, pset.toffsets, mark_pos, mark_start,
+                pset.ts_off, pset.tts_off, pset.ts_le, sched, span)
+    return sender
+
+
 def run_plan(pset: PacketSet, plan: Plan, counters=None, progress=None) -> dict:
     """Send the positions [g0, g1) (or until the duration ends) on one connection.
-    counters: an int64 array of 4 (sent, errors, skipped, done) updated about 4 times a second."""
-    from hepfast._sender import Sender, monotonic_ns
+    counters: an int64 array of 4 (sent, errors, skipped, done) updated about 4 times a second.
+    The send loop (C) crosses loop boundaries itself; Python only runs between 0.25 s slices."""
+    from hepfast._sender import monotonic_ns
 
     sock = connect(plan.to, plan.transport)
-    sender = Sender(sock.fileno(), plan.rate if not plan.speed else 0.0, plan.batch, plan.stamp,
-                    plan.transport == "tcp")
-    n = pset.n
-    sched = (pset.sched / plan.speed).astype(np.int64) if plan.speed else None
-    span = int(pset.span_ns / plan.speed) if plan.speed else 0
+    sender = make_sender(pset, plan, sock.fileno())
+    g, g1 = plan.g0, plan.g1 if plan.g1 >= 0 else 1 << 62
     t_start = monotonic_ns()
     deadline = t_start + int(plan.duration * 1e9) if plan.duration else 0
-    g, g1 = plan.g0, plan.g1 if plan.g1 >= 0 else 1 << 62
-    origin = None
     sender.start(t_start)
     broken = None
     try:
         while g < g1:
-            loop, i = divmod(g, n)
-            buf, offs, ts_off = pset.arrays(loop)
-            j = min(n, i + (g1 - g))
-            shift = 0
-            if sched is not None:
-                if origin is None:
-                    origin = loop * span + int(sched[i])
-                shift = loop * span - origin
-            i2 = sender.send(buf, offs, i, j, ts_off, pset.ts_le, sched, shift, 0.25, deadline)
-            g += i2 - i
+            g = sender.send(g, g1, 0.25, deadline)
             if counters is not None:
                 counters[0], counters[1], counters[2] = sender.sent, sender.errors, sender.skipped
             if progress is not None:
@@ -387,7 +395,8 @@ def run_plan(pset: PacketSet, plan: Plan, counters=None, progress=None) -> dict:
             counters[0], counters[1], counters[2], counters[3] = (
                 sender.sent, sender.errors, sender.skipped, int(seconds * 1e9))
     out = {"sent": int(sender.sent), "errors": int(sender.errors),
-           "skipped": int(sender.skipped), "seconds": seconds, "calls": int(sender.calls)}
+           "skipped": int(sender.skipped), "seconds": seconds, "calls": int(sender.calls),
+           "sleeps": int(sender.sleeps)}
     if broken:
         out["broken"] = broken
     return out

@@ -238,3 +238,138 @@ def test_bad_source_is_a_clear_error(tmp_path):
                            "127.0.0.1:9"], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "pcap" in proc.stderr
+
+
+# ----------------------------------------------------------------- the C send loop (in process)
+
+def _udp_pair():
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    rx.settimeout(5)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(rx.getsockname())
+    return rx, tx
+
+
+def _small_set(loops_needed=True, stamp=False):
+    from hepfast import replay as rp
+
+    pkts = rp.load(["synthetic:calls=1,rtcp=1,log=1"])[:5]
+    return rp.PacketSet(pkts, loops_needed=loops_needed, stamp=stamp)
+
+
+def test_sender_crosses_loop_boundaries_in_full_batches():
+    """Positions 3..26 of a 5-packet set, batch 4: every sendmmsg carries 4 packets even where
+    a batch spans two loops (like the C baseline), and each packet carries its own loop's marks,
+    loop 0 byte for byte."""
+    from hepfast import replay as rp
+
+    pset = _small_set()
+    assert len(pset.mark_pos) >= 5      # every packet has a Call-ID or correlation-id mark
+    rx, tx = _udp_pair()
+    try:
+        plan = rp.Plan(to=("127.0.0.1", 0), transport="udp", rate=0.0, speed=0.0, g0=3, g1=27,
+                       duration=0.0, batch=4, stamp=False)
+        sender = rp.make_sender(pset, plan, tx.fileno())
+        g = 3
+        while g < 27:
+            g = sender.send(g, 27, 5.0, 0)
+        got = [rx.recv(65536) for _ in range(24)]
+    finally:
+        rx.close()
+        tx.close()
+    assert sender.sent == 24 and sender.errors == 0
+    assert sender.calls == 6
+    want = []
+    for pos in range(3, 27):
+        loop, i = divmod(pos, pset.n)
+        raw = pset.buf[pset.offsets[i]:pset.offsets[i + 1]].tobytes()
+        want.append(raw if loop == 0 else pset.template_packet(loop, i))
+    assert got == want
+    assert f"~L{5:06d}".encode() in got[-1]          # position 26 = loop 5, packet 1
+
+
+def test_sender_never_puts_one_template_packet_twice_in_a_batch():
+    """With fewer packets than the batch, a batch stops at the loop end: the marks of a packet
+    are rewritten in place, so two copies in one sendmmsg would both carry the later loop."""
+    from hepfast import replay as rp
+
+    pset = _small_set()
+    rx, tx = _udp_pair()
+    try:
+        plan = rp.Plan(to=("127.0.0.1", 0), transport="udp", rate=0.0, speed=0.0, g0=0,
+                       g1=4 * pset.n, duration=0.0, batch=64, stamp=False)
+        sender = rp.make_sender(pset, plan, tx.fileno())
+        assert sender.send(0, 4 * pset.n, 5.0, 0) == 4 * pset.n
+        got = [rx.recv(65536) for _ in range(4 * pset.n)]
+    finally:
+        rx.close()
+        tx.close()
+    for pos, data in enumerate(got):
+        loop, i = divmod(pos, pset.n)
+        if loop:
+            assert data == pset.template_packet(loop, i)
+
+
+def test_sender_rejects_bad_arrays():
+    import numpy as np
+
+    from hepfast._sender import Sender
+
+    s = Sender(-1)
+    with pytest.raises(ValueError):
+        s.send(0, 1)                                 # nothing loaded
+    buf = np.zeros(10, dtype=np.uint8)
+    with pytest.raises(ValueError):
+        s.load(buf, np.array([0, 20], dtype=np.int64))
+    with pytest.raises(ValueError):
+        s.load(buf, np.array([0, 6, 4], dtype=np.int64))
+    with pytest.raises(ValueError):
+        s.load(buf, np.array([0, 5, 10], dtype=np.int64), buf.copy(),
+               np.array([0, 5, 10], dtype=np.int64), np.array([8], dtype=np.int64),
+               np.array([0, 1, 1], dtype=np.int64))  # a mark running past the buffer
+    with pytest.raises(ValueError):
+        Sender(-1, stamp=True).load(buf, np.array([0, 5, 10], dtype=np.int64))
+
+
+def test_paced_bursts_scale_with_the_rate():
+    from hepfast._sender import Sender
+
+    assert Sender(-1, rate=500).batch == 1
+    assert Sender(-1, rate=10_000).batch == 10
+    assert Sender(-1, rate=500_000).batch == 64
+    assert Sender(-1, rate=500_000, batch=16).batch == 16
+    assert Sender(-1).batch == 64
+
+
+def test_rate_summary_reports_achieved_against_requested():
+    need_corpus()
+    summary, sink = replay_into_sink(str(RTP.with_suffix(".hepraw")), expect=100, keep=False,
+                                     extra=("--count", "100"))
+    assert summary["sent"] == 100 and sink.received == 100
+    assert summary["rate"] == 20000
+    want = round(100 * (summary["sent"] / summary["seconds"] - 20000) / 20000, 3)
+    assert abs(summary["rate_error_pct"] - want) <= 0.01 * max(1.0, abs(want))
+
+
+def test_speed_and_stamp_across_loops():
+    """--speed keeps the capture's timing across loops; --stamp patches loop 0 and the
+    template alike, so every packet of every loop carries a fresh send time."""
+    from hepfast import replay as rp
+
+    n = len(rp.load(["synthetic:calls=1,rtcp=2,log=1"]))
+    sink = Sink("127.0.0.1:0", keep=True).start(timeout=60)
+    try:
+        summary = replay("synthetic:calls=1,rtcp=2,log=1", "--to", f"127.0.0.1:{sink.port}",
+                         "--loop", "3", "--speed", "50", "--stamp")
+        sink.wait_for(3 * n, timeout=20)
+        sink.wait_quiet(0.3, timeout=20)
+    finally:
+        sink.close()
+    assert summary["sent"] == 3 * n
+    got = [codec.decode(d) for d in sink.packets]
+    assert len(got) == 3 * n
+    assert len({_call_id(p) for p in got}) == 3
+    lat = sink.summary()["latency_us"]
+    assert lat is not None and lat["samples"] == 3 * n

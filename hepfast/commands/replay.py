@@ -83,7 +83,8 @@ def main(args) -> int:
             return
         last[0] = now
         secs = max(elapsed_ns / 1e9, 1e-9)
-        sys.stderr.write(f"\rsent {sent:>11}  pps {sent / secs:>10.0f}  errors {errors:>6}  ")
+        want = f" / {args.rate:.0f}" if args.rate else ""
+        sys.stderr.write(f"\rsent {sent:>11}  pps {sent / secs:>10.0f}{want}  errors {errors:>6}  ")
         sys.stderr.flush()
 
     nproc = args.processes
@@ -112,7 +113,9 @@ def main(args) -> int:
                "bytes": pset.nbytes, "processes": nproc, "transport": args.transport,
                "build_seconds": round(build_s, 3)}
     if args.rate:
+        # Accuracy over the whole run: sent / elapsed against the requested --rate.
         summary["rate"] = args.rate
+        summary["rate_error_pct"] = round(100 * (res["sent"] / secs - args.rate) / args.rate, 3)
     for k in ("broken", "per_process", "failed_processes"):
         if k in res:
             summary[k] = res[k]
