@@ -9,8 +9,8 @@ pinning is read back from /proc while each process runs. Rounds alternate the or
 even rounds, hepfast first in odd ones) so drift hits both; the JSON holds the median pps of each,
 their ratio (target >= 0.90) and the median of the per-round ratios.
 
-Then paced accuracy: `hepfast replay --rate R` at 1k, 10k and 25/50/80% of the C median (or
---rates), achieved = sent / elapsed over the whole run against R (target within 2%).
+Then paced accuracy: `hepfast replay --rate R` at --rates (1k, 10k) and --fractions of the C
+median (25/50/80%), achieved = sent / elapsed over the whole run against R (target within 2%).
 
 usage: python3 bench/replay_bench.py [--count 1000000] [--rounds 5] [--corpus FILE.hepraw]
 """
@@ -108,8 +108,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64, help="packets per sendmmsg (both senders)")
     ap.add_argument("--corpus", default=str(CORPUS), help="a .hepraw file")
     ap.add_argument("--paced-seconds", type=float, default=3.0)
-    ap.add_argument("--rates", default="", help="paced rates to check (default: 1k, 10k, "
-                    "and 25/50/80%% of the C figure)")
+    ap.add_argument("--rates", default="1000,10000", help="absolute paced rates to check (pps)")
+    ap.add_argument("--fractions", default="0.25,0.5,0.8",
+                    help="paced rates to check as fractions of the C median of this run")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     if not corpus.exists():
@@ -149,8 +150,8 @@ def main() -> int:
     per_round = [next(x for x in rows if x["round"] == r and x["sender"] == "hepfast")["pps"] /
                  next(x for x in rows if x["round"] == r and x["sender"] == "c_sendmmsg")["pps"]
                  for r in range(args.rounds)]
-    rates = ([float(x) for x in args.rates.split(",") if x] if args.rates else
-             [1000.0, 10000.0, round(c_pps * 0.25), round(c_pps * 0.5), round(c_pps * 0.8)])
+    rates = ([float(x) for x in args.rates.split(",") if x] +
+             [float(round(c_pps * float(f))) for f in args.fractions.split(",") if f])
     paced = []
     for rate in rates:
         n = int(rate * args.paced_seconds)
@@ -172,7 +173,8 @@ def main() -> int:
     result = {"c_pps": c_pps, "hepfast_pps": h_pps, "ratio": round(h_pps / c_pps, 4),
               "median_round_ratio": round(statistics.median(per_round), 4),
               "round_ratios": [round(x, 4) for x in per_round],
-              "paced": paced, "max_paced_error_pct": max(abs(p["error_pct"]) for p in paced),
+              "paced": paced,
+              "max_paced_error_pct": max((abs(p["error_pct"]) for p in paced), default=0.0),
               "lossless": all(x["received"] == x["sent"] for x in rows),
               "pinned": pinned, "count": args.count, "rounds": args.rounds,
               "batch": args.batch, "loadavg_before": [round(x, 2) for x in load_before],
