@@ -218,7 +218,7 @@ cdef class Receiver:
         cdef int64_t idle_ns = <int64_t>(idle_s * 1e9) if idle_s > 0 else 0
         cdef int64_t last_mono = self.last_mono
         cdef int64_t now, wait_ns, now_rt
-        cdef int n, i, rc
+        cdef int n, i
         cdef bint got_any = self._tot[T_RECEIVED] > 0
         cdef pollfd pfd
         pfd.fd = fd
@@ -249,7 +249,7 @@ cdef class Receiver:
                 wait_ns = end - now
                 if got_any and idle_ns and last_mono + idle_ns - now < wait_ns:
                     wait_ns = last_mono + idle_ns - now
-                rc = poll(&pfd, 1, <int>(wait_ns // 1000000) + 1)
+                poll(&pfd, 1, <int>(wait_ns // 1000000) + 1)   # readable or timed out: loop
         self.last_mono = last_mono
         if got_any and idle_ns and _now_ns(CLOCK_MONOTONIC) - last_mono >= idle_ns:
             return True
