@@ -198,6 +198,8 @@ cdef class Worker:
     cdef uint8_t *scratch
     cdef Py_ssize_t scratch_cap
     cdef Py_ssize_t scratch_pos
+    cdef int rdirty             # receive headers the last recvmmsg filled
+    cdef int64_t now            # clock of the batch being processed
     cdef uint64_t *ctr
     cdef object _row            # keeps the counter row alive
     cdef object _tables         # keeps the numpy tables alive while bound
@@ -238,6 +240,16 @@ cdef class Worker:
         if not (self.arena and self.rmsgs and self.riov and self.raddr and self.rctrl
                 and self.scratch):
             raise MemoryError()
+        # Receive headers point at fixed slots for the worker's life; run() only resets the
+        # fields the kernel changed.
+        for i in range(batch):
+            self.riov[i].iov_base = self.arena + <Py_ssize_t>i * SLOT
+            self.riov[i].iov_len = SLOT
+            self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
+            self.rmsgs[i].msg_hdr.msg_iovlen = 1
+            self.rmsgs[i].msg_hdr.msg_name = &self.raddr[i]
+            self.rmsgs[i].msg_hdr.msg_control = self.rctrl + i * CTRL
+        self.rdirty = batch
         self.bound = 0
 
     def __dealloc__(self):
@@ -417,7 +429,7 @@ cdef class Worker:
 
     cdef void _flush_all(self) noexcept nogil:
         cdef int i
-        cdef int64_t now = now_ns()
+        cdef int64_t now = self.now
         for i in range(self.ntargets):
             if self.targets[i].n:
                 self._flush_target(&self.targets[i], now)
@@ -521,7 +533,8 @@ cdef class Worker:
             for i in range(d.tstart, d.tstart + d.tcount):
                 self._queue(i, data, n)
             return
-        if d.mode == M_HASH and not have_key[0]:
+        if d.mode == M_HASH and d.tcount > 1 and not have_key[0]:
+            # Only a choice between targets needs the call key (it may scan the SIP headers).
             key[0] = self._call_key(buf, p)
             have_key[0] = 1
         self._queue(self._pick(d, key[0], now), data, n)
@@ -557,6 +570,7 @@ cdef class Worker:
         cdef cmsghdr *cm
         cdef sip_info si
         cdef const sip_info *sip
+        self.now = now
         self.ctr[H_DATAGRAMS] += nmsg
         for i in range(nmsg):
             buf = self.arena + <Py_ssize_t>i * SLOT
@@ -630,7 +644,7 @@ cdef class Worker:
     def run(self, int slice_ms=100, int idle_poll_ms=50):
         """Forward until `slice_ms` has passed; returns the number of datagrams handled."""
         cdef int i, n, li, got, total = 0
-        cdef int64_t deadline
+        cdef int64_t deadline, t
         if not self.bound:
             raise RuntimeError("bind() tables first")
         with nogil:
@@ -638,30 +652,28 @@ cdef class Worker:
             while True:
                 got = 0
                 for li in range(self.nlisteners):
-                    for i in range(self.batch):
-                        self.riov[i].iov_base = self.arena + <Py_ssize_t>i * SLOT
-                        self.riov[i].iov_len = SLOT
-                        self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
-                        self.rmsgs[i].msg_hdr.msg_iovlen = 1
-                        self.rmsgs[i].msg_hdr.msg_name = &self.raddr[i]
+                    # The kernel only rewrites the lengths and flags of the entries it filled.
+                    for i in range(self.rdirty):
                         self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                        self.rmsgs[i].msg_hdr.msg_control = self.rctrl + i * CTRL
                         self.rmsgs[i].msg_hdr.msg_controllen = CTRL
                         self.rmsgs[i].msg_hdr.msg_flags = 0
+                    self.rdirty = 0
                     # One listener: block in the kernel until a datagram comes (the socket has
                     # SO_RCVTIMEO, so idle loops still come back); several: never block on one.
                     n = recvmmsg(self.listeners[li].fd, self.rmsgs, self.batch,
                                  MSG_WAITFORONE if self.nlisteners == 1 else MSG_DONTWAIT, NULL)
                     if n <= 0:
                         continue
+                    self.rdirty = n
                     got += n
                     self.ctr[H_BATCHES] += 1
                     self._process(li, n)
                     # The arena is reused by the next recvmmsg: send everything queued now.
                     self._flush_all()
                 total += got
-                self.ctr[H_HEARTBEAT] = now_ns()
-                if now_ns() >= deadline:
+                t = now_ns()
+                self.ctr[H_HEARTBEAT] = t
+                if t >= deadline:
                     break
                 if got == 0 and self.nlisteners > 1:
                     poll(self.pfds, self.nlisteners, idle_poll_ms)
@@ -671,4 +683,5 @@ cdef class Worker:
 
     def flush(self):
         with nogil:
+            self.now = now_ns()
             self._flush_all()
