@@ -139,7 +139,7 @@ def start_subject(name: str, listen: int, target: int, tmp: Path) -> subprocess.
 
 def offer(listen: int, rate: float, seconds: float, corpus: Path) -> dict:
     p = hepfast("replay", str(corpus), "--to", f"127.0.0.1:{listen}", "--rate", str(rate),
-                "--count", str(int(rate * seconds)), "--quiet", core=1,
+                "--count", str(int(rate * seconds)), "--stamp", "--quiet", core=1,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = p.communicate(timeout=seconds * 3 + 60)
     if p.returncode != 0:
@@ -180,6 +180,8 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
                 "delivered_pps": round(recv / max(sent["seconds"], 1e-9), 1),
                 "loss": round(1 - recv / sent["sent"], 5) if sent["sent"] else None,
                 "cpu_ns_per_pkt": round((c1 - c0) / recv, 1) if recv else None,
+                # send time stamped into each packet by replay --stamp, arrival at the sink
+                "latency_us": got.get("latency_us"),
             })
             print(f"# {name:<11} {rate:>9.0f} pps offered: {rows[-1]}", file=sys.stderr)
     finally:
@@ -221,7 +223,7 @@ def main() -> int:
 
     base = {r["offered_pps"]: r for r in results.get("c_forward", [])}
     print(f"{'subject':<11} {'offered':>9} {'delivered':>10} {'loss':>8} {'ns/pkt':>8} "
-          f"{'vs C':>6}")
+          f"{'vs C':>6} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     summary: dict = {"steps": steps, "subjects": {}}
     for name, rows in results.items():
         lossless = [r["offered_pps"] for r in rows if r["loss"] is not None
@@ -235,9 +237,11 @@ def main() -> int:
                 if r["loss"] <= args.lossless and b["loss"] <= args.lossless:
                     ratios.append(ratio)
             r["ratio_vs_c"] = ratio
+            lat = r.get("latency_us") or {}
             print(f"{name:<11} {r['offered_pps']:>9.0f} {r['delivered_pps']:>10.0f} "
                   f"{r['loss']:>8.4f} {r['cpu_ns_per_pkt'] or 0:>8.0f} "
-                  f"{ratio if ratio is not None else '-':>6}")
+                  f"{ratio if ratio is not None else '-':>6} "
+                  f"{lat.get('p50', '-'):>7} {lat.get('p99', '-'):>7} {lat.get('max', '-'):>7}")
         ratios.sort()
         summary["subjects"][name] = {
             "max_lossless_pps": max(lossless) if lossless else 0,
