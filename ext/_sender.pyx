@@ -34,33 +34,9 @@ from hepwire cimport hep_pkt, hep_parse, HEP_OK, hep_wr32, hep_wr32le
 
 import numpy as np
 
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int recvmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags, timespec *timeout)
-    int sendmmsg(int fd, mmsghdr *vec, unsigned int vlen, int flags)
-    ssize_t send(int fd, const void *buf, size_t n, int flags)
-    int MSG_DONTWAIT
-    int MSG_NOSIGNAL
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    short POLLIN
-    short POLLOUT
+from netsys cimport (
+    mmsghdr, pollfd, recvmmsg, sendmmsg, send, poll, MSG_DONTWAIT, MSG_NOSIGNAL, POLLIN,
+)
 
 cdef extern from "<time.h>" nogil:
     int TIMER_ABSTIME

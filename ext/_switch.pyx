@@ -16,7 +16,7 @@ Ownership and invariants:
 - Tables (rules, destinations) are swapped by `bind()` between two `run()` calls; the listening
   sockets are not touched, so the kernel queues packets while a reload compiles.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, memcmp
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
@@ -31,64 +31,12 @@ from rules cimport (
 
 cimport cython
 
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-    struct sockaddr_storage:
-        unsigned short ss_family
-    int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, timespec *timeout)
-    int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
-    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
-    int SO_ERROR
-    cmsghdr *CMSG_FIRSTHDR(msghdr *m)
-    cmsghdr *CMSG_NXTHDR(msghdr *m, cmsghdr *c)
-    unsigned char *CMSG_DATA(cmsghdr *c)
-    size_t CMSG_SPACE(size_t n)
-    int MSG_DONTWAIT
-    int MSG_WAITFORONE
-    int SOL_SOCKET
-    int SO_RXQ_OVFL
-    int AF_INET
-    int AF_INET6
-
-cdef extern from "<netinet/in.h>" nogil:
-    struct in_addr:
-        uint32_t s_addr
-    struct sockaddr_in:
-        unsigned short sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    struct in6_addr:
-        unsigned char s6_addr[16]
-    struct sockaddr_in6:
-        unsigned short sin6_family
-        uint16_t sin6_port
-        in6_addr sin6_addr
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    short POLLIN
+from posix.uio cimport iovec
+from netsys cimport (
+    mmsghdr, cmsghdr, sockaddr_storage, sockaddr_in, sockaddr_in6, pollfd, socklen_t,
+    recvmmsg, sendmmsg, getsockopt, poll, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA,
+    MSG_DONTWAIT, MSG_WAITFORONE, SOL_SOCKET, SO_RXQ_OVFL, SO_ERROR, AF_INET, AF_INET6, POLLIN,
+)
 
 DEF SLOT = 65536
 DEF MAX_LISTENERS = 16
