@@ -17,6 +17,7 @@ debug: deps
 
 lint:
 	ruff check hepfast tests bench
+	cython-lint --max-line-length 100 ext/*.pyx ext/*.pxd
 
 test: build lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -10,8 +10,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from hepwire cimport hep_pkt, hep_parse, HEP_OK
 from sipscan cimport sip_info, sip_scan
-from rules cimport (rule_tables, rules_bind, rule_match, rule_sample_keep, call_key_hash, sample_key,
-                    pkt_is_sip, cidr_match, hash64_lower, RF_DROP, RF_CONTINUE,
+from rules cimport (rule_tables, rules_bind, rule_match, rule_sample_keep, call_key_hash,
+                    sample_key, pkt_is_sip, cidr_match, hash64_lower, RF_DROP, RF_CONTINUE,
                     RF_HAS_SAMPLE)
 
 

@@ -81,12 +81,13 @@ fi
 # "import name:pip requirement"
 missing=""
 for pair in numpy:numpy msgspec:msgspec prometheus_client:prometheus-client pytest:pytest \
-            hypothesis:hypothesis Cython:Cython setuptools:setuptools wheel:wheel ruff:ruff; do
+            hypothesis:hypothesis Cython:Cython setuptools:setuptools wheel:wheel ruff:ruff \
+            cython_lint:cython-lint; do
     mod="${pair%%:*}"
     req="${pair#*:}"
-    if [ "$mod" = "ruff" ]; then
-        # ruff is a binary; its Python package only locates it.
-        command -v ruff >/dev/null 2>&1 && continue
+    if [ "$mod" = "ruff" ] || [ "$mod" = "cython_lint" ]; then
+        # command-line tools: what matters is that the command is on PATH.
+        command -v "$(echo "$req" | tr _ -)" >/dev/null 2>&1 && continue
     elif "$PYTHON" -c "import $mod" >/dev/null 2>&1; then
         continue
     fi
