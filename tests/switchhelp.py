@@ -88,6 +88,25 @@ class SwitchProcess:
             self.errlog.close()
 
 
+def one_destination(ports: list[int], mode: str, workers: int = 1) -> str:
+    """Config text: one listener on an ephemeral port, every packet to destination `d` (its
+    targets on 127.0.0.1:`ports`, in `mode`)."""
+    targets = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
+    return f"""
+        [switch]
+        workers = {workers}
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        [destinations.d]
+        targets = [{targets}]
+        mode = "{mode}"
+        [[rules]]
+        name = "all"
+        forward = ["d"]
+        """
+
+
 def check_accounting(s: dict) -> None:
     """The counters balance: every datagram is invalid or accepted; every accepted packet is
     routed or dropped by rule/no_route/sample; every queued copy is forwarded or dropped by

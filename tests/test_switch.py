@@ -13,7 +13,7 @@ from hepfast import codec, hashing
 from hepfast.chunks import encode_packet
 from hepfast.sink import Sink
 from tests.conftest import corpus_names, load_corpus
-from tests.switchhelp import SwitchProcess, check_accounting, free_udp_port
+from tests.switchhelp import SwitchProcess, check_accounting, free_udp_port, one_destination
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="recvmmsg/sendmmsg: Linux only")
 
@@ -128,19 +128,8 @@ def _call_of(pkt: bytes) -> bytes | None:
 
 def _affinity_run(tmp_path, targets, packets):
     sinks = [Sink(("127.0.0.1", port)).start(timeout=120) for port in targets]
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 2
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.homer]
-        targets = [{", ".join(f'"127.0.0.1:{p}"' for p in targets)}]
-        mode = "hash"
-        [[rules]]
-        name = "all"
-        forward = ["homer"]
-        """, workers=2, extra=["--no-admin"])
+    sw = SwitchProcess(tmp_path, one_destination(targets, "hash", workers=2), workers=2,
+                       extra=["--no-admin"])
     try:
         # several source sockets, so that SO_REUSEPORT spreads flows over both workers
         chunks = [packets[i::4] for i in range(4)]
@@ -417,19 +406,7 @@ def test_auth_key_match_forwards(tmp_path, sinks):
 
 
 def _mode_run(tmp_path, mode: str, target_ports: list[int], packets: list[bytes]) -> dict:
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 1
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.d]
-        targets = [{", ".join(f'"127.0.0.1:{p}"' for p in target_ports)}]
-        mode = "{mode}"
-        [[rules]]
-        name = "all"
-        forward = ["d"]
-        """, extra=["--no-admin"])
+    sw = SwitchProcess(tmp_path, one_destination(target_ports, mode), extra=["--no-admin"])
     try:
         sw.send(packets, pace_every=10, pace_s=0.002)
         time.sleep(0.5)
