@@ -17,13 +17,13 @@ debug: deps
 
 lint:
 	ruff check hepfast tests bench
-	cython-lint --max-line-length 100 ext/*.pyx ext/*.pxd
+	cython-lint --max-line-length 100 ext/*/*.pyx ext/*/*.pxd
 
 test: build lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: build
-	$(PY) -m hepfast.demo
+	$(PY) -m hepfast.tools.demo
 
 bench: build
 	$(PY) bench/codec.py
@@ -31,4 +31,4 @@ bench: build
 	$(PY) bench/driver.py
 
 clean:
-	rm -rf build hepfast/*.so ext/*.c ext/*.html bench/c_forward bench/c_sendmmsg
+	rm -rf build ext/generated $$(find hepfast -name "*.so") ext/*/*.c ext/*/*.html bench/c_forward bench/c_sendmmsg

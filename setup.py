@@ -1,14 +1,23 @@
 """Build the Cython data plane (sources in ext/) into the hepfast package.
 
+Every `ext/<layer>/_<name>.pyx` becomes the extension module `hepfast.<layer>._<name>`; the
+`.pxd`/`.h` files of every ext/ folder are on the include path, so a module cimports the wire
+format (ext/wire), the matcher (ext/plan) or the ring (ext/egress) by name. Before cythonize, the
+shared constants are generated from their single Python definition (hepfast/constants.py) into
+ext/generated/constants.pxd (see scripts/gen_constants.py), so the two languages cannot drift.
+
 HEPFAST_DEBUG=1 compiles with the HEP_DEBUG macro and writes `cython -a` annotations next to the
-sources (ext/*.html); HEPFAST_ANNOTATE=1 only annotates.
+sources (ext/*/*.html); HEPFAST_ANNOTATE=1 only annotates.
 """
+import glob
 import os
+import sys
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("HEPFAST_DEBUG") == "1"
 ANNOTATE = DEBUG or os.environ.get("HEPFAST_ANNOTATE") == "1"
 
@@ -17,23 +26,35 @@ if DEBUG:
     macros.append(("HEP_DEBUG", "1"))
 cflags = ["-O2", "-g0" if not DEBUG else "-g"]
 
-MODULES = ["_codec", "_switch", "_sender", "_rules"]
+
+def generate_constants() -> None:
+    sys.path.insert(0, os.path.join(HERE, "scripts"))
+    try:
+        import gen_constants
+    finally:
+        sys.path.pop(0)
+    gen_constants.main()
 
 
-def ext(name):
-    return Extension(
-        f"hepfast.{name}",
-        [f"ext/{name}.pyx"],
-        include_dirs=["ext", numpy.get_include()],
-        define_macros=macros,
-        extra_compile_args=cflags,
-    )
+def extensions() -> tuple:
+    include = sorted(d for d in glob.glob("ext/*") if os.path.isdir(d))
+    mods = []
+    for src in sorted(glob.glob("ext/*/_*.pyx")):
+        layer = os.path.basename(os.path.dirname(src))
+        name = os.path.splitext(os.path.basename(src))[0]
+        mods.append(Extension(f"hepfast.{layer}.{name}", [src],
+                              include_dirs=include + [numpy.get_include()],
+                              define_macros=macros, extra_compile_args=cflags))
+    return mods, include
 
 
+if os.path.exists(os.path.join(HERE, "scripts", "gen_constants.py")):
+    generate_constants()
+_mods, _include = extensions()
 setup(
     ext_modules=cythonize(
-        [ext(m) for m in MODULES if os.path.exists(f"ext/{m}.pyx")],
-        include_path=["ext"],
+        _mods,
+        include_path=_include,
         annotate=ANNOTATE,
         compiler_directives={"language_level": 3, "embedsignature": True},
     ),

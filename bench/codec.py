@@ -18,8 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hepfast import _codec, _pycodec, codec  # noqa: E402
-from hepfast.capture import read_hepraw  # noqa: E402
+from hepfast.wire import _codec
+from hepfast.wire import pycodec as _pycodec
+from hepfast.wire import codec  # noqa: E402
+from hepfast.tools.capture import read_hepraw  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 

@@ -41,7 +41,7 @@ ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
 
 def write_template(corpus: Path, out: Path) -> int:
     """hepfast's loop template of the corpus (marks reading 000000) as a .hepraw."""
-    from hepfast import replay
+    from hepfast.tools import replay
 
     pset = replay.PacketSet(replay.load([str(corpus)]), loops_needed=True)
     with open(out, "wb") as f:

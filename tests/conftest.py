@@ -27,7 +27,7 @@ def corpus_names() -> list[str]:
 @functools.lru_cache(maxsize=None)
 def load_corpus(name: str) -> tuple[tuple[bytes, dict], ...]:
     """(HEP message bytes, expected tshark object) for every message of corpus capture `name`."""
-    from hepfast.capture import read_hepraw
+    from hepfast.tools.capture import read_hepraw
 
     packets = list(read_hepraw(CORPUS_DIR / f"{name}.hepraw"))
     with open(CORPUS_DIR / f"{name}.expected.jsonl") as f:
@@ -66,9 +66,9 @@ def corpus_packets(corpus_name) -> tuple[tuple[bytes, dict], ...]:
 
 @pytest.fixture(params=["compiled", "pure"])
 def codec_impl(request):
-    """hepfast.codec.get_impl(name) for both codecs. The compiled one is required: its import
+    """hepfast.wire.codec.get_impl(name) for both codecs. The compiled one is required: its import
     error fails the test (no silent fallback) unless HEPFAST_PURE=1 says it is not built."""
-    from hepfast import codec
+    from hepfast.wire import codec
 
     if request.param == "compiled" and os.environ.get("HEPFAST_PURE") == "1":
         try:

@@ -1,7 +1,7 @@
 """Test helpers for the control plane: a fake supervisor and a real Prometheus server.
 
-- `FakeSup`: the attributes and methods hepfast.metrics / hepfast.admin use from
-  hepfast.switch.Supervisor, over a real `Counters` block the test fills by hand. Rule and target
+- `FakeSup`: the attributes and methods hepfast.observe.metrics / hepfast.observe.admin use from
+  hepfast.dataplane.supervisor.Supervisor, over a real `Counters` block the test fills by hand. Rule and target
   slots are deliberately not their positions, so a test catches code that indexes by position.
 - `Prometheus`: starts the `prometheus` binary on 127.0.0.1 (free port, temp config and storage,
   1 s scrape interval), queries its HTTP API and stops it (terminate, then kill), bounded in time.
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hepfast import counters as C
+from hepfast.dataplane import counters as C
 
 PROMETHEUS_MISSING = ("prometheus binary not on PATH (the test command installs it via "
                       "scripts/ensure-deps.sh: apt-get install prometheus)")
@@ -33,7 +33,7 @@ PROMETHEUS_MISSING = ("prometheus binary not on PATH (the test command installs 
 # ------------------------------------------------------------------------------ fake supervisor
 
 class FakeSup:
-    """A stand-in for hepfast.switch.Supervisor with one listener, three rules, two destinations."""
+    """A stand-in for hepfast.dataplane.supervisor.Supervisor with one listener, three rules, two destinations."""
 
     def __init__(self, workers: int = 2):
         self.counters = C.Counters(workers)

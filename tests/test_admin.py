@@ -1,4 +1,4 @@
-"""hepfast.admin (the admin HTTP API over a fake supervisor) and hepfast.log.
+"""hepfast.observe.admin (the admin HTTP API over a fake supervisor) and hepfast.observe.log.
 
 Real HTTP on 127.0.0.1 with an ephemeral port; the rate sampler runs on a fake clock the test
 advances, so rates are exact without any sleeping.
@@ -14,10 +14,10 @@ import urllib.request
 
 import pytest
 
-from hepfast import counters as C
-from hepfast import reasons
-from hepfast.admin import AdminServer, parse_listen
-from hepfast.log import RateLimitedLogger, setup_logging
+from hepfast.dataplane import counters as C
+from hepfast.wire import reasons
+from hepfast.observe.admin import AdminServer, parse_listen
+from hepfast.observe.log import RateLimitedLogger, setup_logging
 from tests.promhelper import FakeSup
 
 
@@ -184,7 +184,7 @@ def test_handler_error_answers_500_and_keeps_serving(admin, sup, caplog):
     def boom():
         raise RuntimeError("supervisor exploded")
     sup.request_reload = boom
-    with caplog.at_level(logging.ERROR, logger="hepfast.admin"):
+    with caplog.at_level(logging.ERROR, logger="hepfast.observe.admin"):
         code, _, body = http(admin, "/reload", method="POST", data=b"")
     assert code == 500 and "supervisor exploded" in body
     assert http(admin, "/healthz")[0] == 200
@@ -245,7 +245,7 @@ def test_parse_listen():
         parse_listen("localhost")
 
 
-# ------------------------------------------------------------------------------ hepfast.log
+# ------------------------------------------------------------------------------ hepfast.observe.log
 
 @pytest.fixture
 def restore_root_logging():

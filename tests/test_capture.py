@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hepfast import capture, chunks
-from hepfast.capture import (
+from hepfast.tools import capture
+from hepfast.wire import chunks
+from hepfast.tools.capture import (
     CaptureError, Datagram, StreamError, TcpSegment, build_frame, iter_hep_messages, read_capture,
     split_hep_stream, split_sip_stream, tcp_datagrams, write_pcap, write_pcapng,
 )

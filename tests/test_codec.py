@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hepfast import _pycodec, codec
-from hepfast.chunks import encode_packet
-from hepfast.packet import HepError
+from hepfast.wire import pycodec as _pycodec
+from hepfast.wire import codec
+from hepfast.wire.chunks import encode_packet
+from hepfast.wire.packet import HepError
 from tests.conftest import CORPUS_DIR, corpus_names, load_corpus
 
 SPEC_EXAMPLE = bytes.fromhex(
@@ -31,7 +32,7 @@ def test_compiled_codec_is_the_one_in_use():
     if os.environ.get("HEPFAST_PURE") == "1":
         pytest.skip("HEPFAST_PURE=1 selects the pure codec on purpose")
     assert codec.IMPL == "compiled"
-    from hepfast import _codec
+    from hepfast.wire import _codec
 
     assert codec.decode is _codec.decode
 
@@ -139,7 +140,7 @@ def test_hepv1(codec_impl):
     (b"\x02\x10\x02\x11" + b"\x00" * 10, "short"),                    # v2 header cut
 ])
 def test_malformed_reasons(codec_impl, data, reason):
-    from hepfast.reasons import INVALID_NAMES
+    from hepfast.wire.reasons import INVALID_NAMES
 
     assert INVALID_NAMES[codec_impl.reason(data)] == reason
     with pytest.raises(HepError) as ei:
@@ -191,7 +192,8 @@ def test_rewrite_too_large_is_refused(codec_impl):
 
 
 def test_hash_twins():
-    from hepfast import _codec, hashing
+    from hepfast.wire import _codec
+    from hepfast.wire import hashing
 
     for s in (b"", b"a", b"1-19387@127.0.0.1", bytes(range(256))):
         assert _codec.hash64(s) == hashing.hash64(s)
@@ -202,7 +204,7 @@ def test_hash_twins():
 def test_batch_entry_points_agree(corpus_dir):
     import numpy as np
 
-    from hepfast import _codec
+    from hepfast.wire import _codec
 
     pkts = all_corpus_packets()[:200] + [b"junk", b"HEP3\x00\x01"]
     buf = b"".join(pkts)
@@ -235,7 +237,7 @@ def chunk_lists(draw):
     for _ in range(draw(st.integers(0, 12))):
         vendor = draw(st.sampled_from([0, 0, 0, 3, 8]))
         ctype = draw(generic_types)
-        from hepfast.chunks import FIXED_SIZE, WIRE_TYPE_BY_ID
+        from hepfast.wire.chunks import FIXED_SIZE, WIRE_TYPE_BY_ID
         size = FIXED_SIZE.get(WIRE_TYPE_BY_ID.get(ctype, ""), None) if vendor == 0 and \
             ctype < 64 and ctype not in (0x0D, 0x12) else None
         if vendor == 0 and ctype in (0x0D, 0x12):

@@ -20,7 +20,7 @@ from hepfast.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TOML = REPO / "hepfast" / "default.toml"
+DEFAULT_TOML = REPO / "hepfast" / "config" / "default.toml"
 
 BASE = """
 [[listeners]]

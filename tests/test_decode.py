@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hepfast import capture, chunks
-from hepfast.packet import DECODE_KEYS
+from hepfast.tools import capture
+from hepfast.wire import chunks
+from hepfast.wire.packet import DECODE_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 APP_PROTO = {"SIP": 1, "LOG": 100, "JSON/RTCP": 5}

@@ -1,4 +1,4 @@
-"""hepfast.metrics: counters filled by hand in two worker rows -> exact exposition values and labels.
+"""hepfast.observe.metrics: counters filled by hand in two worker rows -> exact exposition values and labels.
 
 The metric names and labels are the design.md section 4 contract; these tests pin them.
 """
@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.promhelper import FakeSup
 
-from hepfast import counters as C
-from hepfast import reasons
-from hepfast.metrics import (
+from hepfast.dataplane import counters as C
+from hepfast.wire import reasons
+from hepfast.observe.metrics import (
     HepfastCollector,
     build_registry,
     exposition,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from hepfast import counters as C
-from hepfast import reasons
-from hepfast.admin import AdminServer
+from hepfast.dataplane import counters as C
+from hepfast.wire import reasons
+from hepfast.observe.admin import AdminServer
 from tests.promhelper import FakeSup, prometheus  # noqa: F401 - the fixture
 
 

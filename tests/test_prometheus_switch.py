@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hepfast import codec
-from hepfast.sink import Sink
+from hepfast.wire import codec
+from hepfast.tools.sink import Sink
 from tests.conftest import corpus_names, load_corpus
 from tests.promhelper import prometheus  # noqa: F401 - the fixture
 from tests.switchhelp import SwitchProcess, check_accounting

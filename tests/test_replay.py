@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hepfast import capture, codec
-from hepfast.sink import Sink
+from hepfast.tools import capture
+from hepfast.wire import codec
+from hepfast.tools.sink import Sink
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +254,7 @@ def _udp_pair():
 
 
 def _small_set(loops_needed=True, stamp=False):
-    from hepfast import replay as rp
+    from hepfast.tools import replay as rp
 
     pkts = rp.load(["synthetic:calls=1,rtcp=1,log=1"])[:5]
     return rp.PacketSet(pkts, loops_needed=loops_needed, stamp=stamp)
@@ -263,7 +264,7 @@ def test_sender_crosses_loop_boundaries_in_full_batches():
     """Positions 3..26 of a 5-packet set, batch 4: every sendmmsg carries 4 packets even where
     a batch spans two loops (like the C baseline), and each packet carries its own loop's marks,
     loop 0 byte for byte."""
-    from hepfast import replay as rp
+    from hepfast.tools import replay as rp
 
     pset = _small_set()
     assert len(pset.mark_pos) >= 5      # every packet has a Call-ID or correlation-id mark
@@ -293,7 +294,7 @@ def test_sender_crosses_loop_boundaries_in_full_batches():
 def test_sender_never_puts_one_template_packet_twice_in_a_batch():
     """With fewer packets than the batch, a batch stops at the loop end: the marks of a packet
     are rewritten in place, so two copies in one sendmmsg would both carry the later loop."""
-    from hepfast import replay as rp
+    from hepfast.tools import replay as rp
 
     pset = _small_set()
     rx, tx = _udp_pair()
@@ -315,7 +316,7 @@ def test_sender_never_puts_one_template_packet_twice_in_a_batch():
 def test_sender_rejects_bad_arrays():
     import numpy as np
 
-    from hepfast._sender import Sender
+    from hepfast.tools._sender import Sender
 
     s = Sender(-1)
     with pytest.raises(ValueError):
@@ -334,7 +335,7 @@ def test_sender_rejects_bad_arrays():
 
 
 def test_paced_bursts_scale_with_the_rate():
-    from hepfast._sender import Sender
+    from hepfast.tools._sender import Sender
 
     assert Sender(-1, rate=500).batch == 1
     assert Sender(-1, rate=10_000).batch == 10
@@ -356,7 +357,7 @@ def test_rate_summary_reports_achieved_against_requested():
 def test_speed_and_stamp_across_loops():
     """--speed keeps the capture's timing across loops; --stamp patches loop 0 and the
     template alike, so every packet of every loop carries a fresh send time."""
-    from hepfast import replay as rp
+    from hepfast.tools import replay as rp
 
     n = len(rp.load(["synthetic:calls=1,rtcp=2,log=1"]))
     sink = Sink("127.0.0.1:0", keep=True).start(timeout=60)

@@ -1,6 +1,6 @@
 """Rule compilation and matching: the compiled tables, the pure-Python evaluator
-(hepfast.rules.match_rules, the oracle) and the C matcher (ext/rules.pxd through
-hepfast._rules.evaluate) agree on every corpus packet and on generated packets and rules; the
+(hepfast.plan.match_rules, the oracle) and the C matcher (ext/plan/matcher.pxd through
+hepfast.plan._matcher.evaluate) agree on every corpus packet and on generated packets and rules; the
 corpus counts match what tshark saw; sampling keeps whole calls.
 """
 from __future__ import annotations
@@ -16,11 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hepfast import _rules, codec, rules
-from hepfast.chunks import encode_packet
+from hepfast.plan import _matcher as _rules
+from hepfast.wire import codec
+from hepfast import plan as rules
+from hepfast.wire.chunks import encode_packet
 from hepfast.config import from_dict, parse_config
-from hepfast.hashing import hash64, mix64
-from hepfast.rules import compile_config, match_rules, route, sip_info_of
+from hepfast.wire.hashing import hash64, mix64
+from hepfast.plan import compile_config, match_rules, route, sip_info_of
 from tests.conftest import corpus_names, load_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +100,7 @@ def sip_response(status=b"200 OK", cid=b"call-1@host") -> bytes:
 # ---------------------------------------------------------------- tables
 
 def test_constants_in_step_with_pxd():
-    text = (REPO / "ext" / "rules.pxd").read_text()
+    text = (REPO / "ext" / "plan" / "matcher.pxd").read_text()
     keys = dict(re.findall(r"^\s+K_([A-Z_]+) = (\d+)$", text, re.M))
     flags = dict(re.findall(r"^\s+RF_([A-Z_]+) = (\d+)$", text, re.M))
     assert {k: int(v) for k, v in keys.items()} == \
@@ -110,7 +112,7 @@ def test_constants_in_step_with_pxd():
 
 def test_default_config_tables():
     c = compile_config(from_dict(__import__("tomllib").loads(
-        (REPO / "hepfast" / "default.toml").read_text())))
+        (REPO / "hepfast" / "config" / "default.toml").read_text())))
     assert c.nrules == 3 and c.rule_names == ("sip", "rtcp", "logs")
     assert c.key_mask.dtype == np.uint32 and c.key_start.shape == (3, rules.NKEYS)
     assert c.ranges.dtype == np.uint64 and c.ranges.shape[1] == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hepfast import chunks
+from hepfast.wire import chunks
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def send_all(port: int, pkts: list[bytes], pause_every: int = 200) -> None:
 
 
 def test_in_process_sink_counts_and_keeps_bytes():
-    from hepfast.sink import Sink
+    from hepfast.tools.sink import Sink
 
     pkts = [packet(1, 2001), packet(1, 2001), packet(5, 2002), packet(100, 2001), b"garbage!"]
     with Sink("127.0.0.1:0").start(timeout=20) as sink:
@@ -71,7 +71,7 @@ def test_in_process_sink_counts_and_keeps_bytes():
 
 
 def test_latency_from_fresh_timestamps():
-    from hepfast.sink import Sink
+    from hepfast.tools.sink import Sink
 
     now = time.time() - 0.004               # stamped 4 ms ago
     ts = (int(now), int((now % 1) * 1e6))

@@ -1,13 +1,13 @@
-"""SIP scanning: hepfast.sip on hand-written messages, and the C scanner (ext/sipscan.pxd, reached
-through hepfast._codec.sip_scan) against it on every corpus payload and on random input."""
+"""SIP scanning: hepfast.wire.sip on hand-written messages, and the C scanner (ext/wire/sipscan.pxd, reached
+through hepfast.wire._codec.sip_scan) against it on every corpus payload and on random input."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hepfast import sip
-from hepfast.sip import FIELDS, call_id, sip_fields, sip_summary
+from hepfast.wire import sip
+from hepfast.wire.sip import FIELDS, call_id, sip_fields, sip_summary
 
 INVITE = (
     b"INVITE sip:bob@example.com;transport=udp SIP/2.0\r\n"
@@ -87,7 +87,7 @@ def test_status_line_forms():
 
 
 def test_corpus_payloads_match_tshark(corpus_packets):
-    from hepfast.codec import decode
+    from hepfast.wire.codec import decode
 
     for data, exp in corpus_packets:
         s = sip_summary(decode(data).payload)
@@ -114,10 +114,10 @@ def test_never_raises_on_bytes(data):
 # ----------------------------------------------------------------------- C scanner vs Python
 
 def _scanner():
-    from hepfast import _codec
+    from hepfast.wire import _codec
 
     if not hasattr(_codec, "sip_scan"):
-        pytest.skip("hepfast._codec has no sip_scan yet (the wrapper over ext/sipscan.pxd)")
+        pytest.skip("hepfast.wire._codec has no sip_scan yet (the wrapper over ext/wire/sipscan.pxd)")
     return _codec
 
 
@@ -151,7 +151,7 @@ def _same(codec, data: bytes) -> None:
 
 def test_c_scanner_matches_on_corpus(corpus_packets):
     codec = _scanner()
-    from hepfast.codec import decode
+    from hepfast.wire.codec import decode
 
     for data, _exp in corpus_packets:
         _same(codec, decode(data).payload)

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from hepfast import codec
+from hepfast.wire import codec
 from tests.conftest import corpus_names, load_corpus
 from tests.switchhelp import SwitchProcess, check_accounting
 
@@ -109,7 +109,7 @@ class Pacer(threading.Thread):
 
 @pytest.fixture
 def two_sinks():
-    from hepfast.sink import Sink
+    from hepfast.tools.sink import Sink
 
     a, b = Sink("127.0.0.1:0").start(timeout=180), Sink("127.0.0.1:0").start(timeout=180)
     yield a, b
@@ -220,7 +220,7 @@ def test_sigterm_drains_queued_packets(tmp_path, two_sinks):
 
 
 def test_restart_backoff_is_bounded_and_grows():
-    from hepfast.switch import restart_delay
+    from hepfast.dataplane.supervisor import restart_delay
 
     delays = [restart_delay(n) for n in range(0, 12)]
     assert delays[0] == delays[1] == 0.0            # a single crash: replaced at once

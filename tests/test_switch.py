@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from hepfast import codec, hashing
-from hepfast.chunks import encode_packet
-from hepfast.sink import Sink
+from hepfast.wire import codec
+from hepfast.wire import hashing
+from hepfast.wire.chunks import encode_packet
+from hepfast.tools.sink import Sink
 from tests.conftest import corpus_names, load_corpus
 from tests.switchhelp import SwitchProcess, check_accounting, free_udp_port, one_destination
 
@@ -294,9 +295,9 @@ def test_no_python_allocation_per_packet(tmp_path):
     block count must not grow with the packet count."""
     import numpy as np
 
-    from hepfast import counters as C
-    from hepfast._switch import Worker
-    from hepfast.switch import bind_tables, compile_text, target_key
+    from hepfast.dataplane import counters as C
+    from hepfast.dataplane._worker import Worker
+    from hepfast.dataplane.worker import bind_tables, compile_text, target_key
 
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))

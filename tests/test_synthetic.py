@@ -1,9 +1,11 @@
-"""hepfast.synthetic: option parsing, determinism, HEPv2, loop templates of synthetic packets."""
+"""hepfast.tools.synthetic: option parsing, determinism, HEPv2, loop templates of synthetic packets."""
 from __future__ import annotations
 
 import pytest
 
-from hepfast import codec, replay, synthetic
+from hepfast.wire import codec
+from hepfast.tools import replay
+from hepfast.tools import synthetic
 
 
 def test_options_and_errors():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hepfast import counters as C
-from hepfast import reasons
-from hepfast.admin import AdminServer
+from hepfast.dataplane import counters as C
+from hepfast.wire import reasons
+from hepfast.observe.admin import AdminServer
 from hepfast.commands.top import render
 from tests.promhelper import FakeSup, free_port
 

@@ -17,7 +17,7 @@ def main(args) -> int:
     import sys
 
     from hepfast.config import ConfigError, load_config
-    from hepfast.rules import compile_config, describe
+    from hepfast.plan import compile_config, describe
 
     try:
         compiled = compile_config(load_config(args.config))

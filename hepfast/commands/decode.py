@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     import msgspec
 
-    from hepfast import codec
-    from hepfast.capture import CaptureError, iter_hep_messages
+    from hepfast.wire import codec
+    from hepfast.tools.capture import CaptureError, iter_hep_messages
 
     out = sys.stdout.buffer
     encode = msgspec.json.Encoder().encode

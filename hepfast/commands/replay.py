@@ -38,8 +38,8 @@ def main(args) -> int:
     import sys
     import time
 
-    from hepfast import replay
-    from hepfast.sink import parse_hostport
+    from hepfast.tools import replay
+    from hepfast.tools.sink import parse_hostport
 
     def fail(msg: str, code: int = 2) -> int:
         print(f"hepfast replay: {msg}", file=sys.stderr)

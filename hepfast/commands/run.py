@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
 def summary(sup) -> dict:
     """Counter totals by name: what the switch did, for the final JSON line and tests."""
     snap = sup.counters.snapshot()
-    from hepfast.reasons import DROP_NAMES, INVALID_NAMES
+    from hepfast.wire.reasons import DROP_NAMES, INVALID_NAMES
 
     c = sup.compiled
     out = {
@@ -53,10 +53,10 @@ def main(args) -> int:
     import logging
 
     from hepfast.config import ConfigError
-    from hepfast.switch import Supervisor
+    from hepfast.dataplane.supervisor import Supervisor
 
     try:
-        from hepfast.log import setup_logging
+        from hepfast.observe.log import setup_logging
 
         setup_logging(json=args.log_json, level=logging.INFO)
     except ImportError:

@@ -24,7 +24,7 @@ def main(args) -> int:
     import signal
     import sys
 
-    from hepfast.sink import Sink, parse_hostport, progress_line
+    from hepfast.tools.sink import Sink, parse_hostport, progress_line
 
     try:
         host, port = parse_hostport(args.listen)

@@ -1,0 +1,102 @@
+# cython: language_level=3
+"""Python-callable access to the compiled rule matcher (ext/plan/matcher.pxd), for tests and tools.
+
+`evaluate(compiled, data, listener)` runs exactly what the data plane runs on one packet (parse,
+SIP scan when a rule needs it, rule_match over the rules in order, sampling) and returns the
+indices of the rules that take it: the same contract as hepfast.plan.match_rules, which tests
+compare it with. Cold path: it binds the tables on every call.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+from hepwire cimport hep_pkt, hep_parse, HEP_OK
+from sipscan cimport sip_info, sip_scan
+from matcher cimport (rule_tables, rules_bind, rule_match, rule_sample_keep, call_key_hash,
+                      sample_key, pkt_is_sip, cidr_match, hash64_lower, RF_DROP, RF_CONTINUE,
+                      RF_HAS_SAMPLE)
+
+
+cdef const uint8_t *_buf(bytes data):
+    return <const uint8_t *><const char *>data
+
+
+def evaluate(compiled, bytes data not None, uint32_t listener):
+    """Indices of the rules that take the HEP message `data` received on listener index
+    `listener`. Raises ValueError when the message does not parse (the data plane counts it)."""
+    cdef rule_tables t
+    cdef hep_pkt p
+    cdef sip_info si
+    cdef const sip_info *sp = NULL
+    cdef const uint8_t *buf = _buf(data)
+    cdef uint64_t h = 0
+    cdef bint have_key = False
+    cdef Py_ssize_t r
+    cdef int rc
+    rules_bind(&t, compiled)
+    rc = hep_parse(buf, len(data), &p)
+    if rc != HEP_OK:
+        raise ValueError(f"invalid HEP message (reason {rc})")
+    if t.needs_sip and pkt_is_sip(&p):
+        if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
+            sp = &si
+    if t.needs_call_key:
+        h = sample_key(&p, buf)
+        have_key = True
+    taken = []
+    for r in range(t.nrules):
+        if not rule_match(&t, r, &p, buf, listener, sp):
+            continue
+        taken.append(r)
+        if t.flags[r] & RF_DROP:
+            break
+        if t.flags[r] & RF_HAS_SAMPLE and not rule_sample_keep(&t, r, have_key, h):
+            break
+        if not t.flags[r] & RF_CONTINUE:
+            break
+    return taken
+
+
+def call_hash(bytes data not None):
+    """FNV-1a 64 of the message's call key as the data plane computes it, or None."""
+    cdef hep_pkt p
+    cdef uint64_t h = 0
+    cdef const uint8_t *buf = _buf(data)
+    if hep_parse(buf, len(data), &p) != HEP_OK:
+        raise ValueError("invalid HEP message")
+    if call_key_hash(&p, buf, &h):
+        return h
+    return None
+
+
+def sample_hash(bytes data not None):
+    """sample_key of a message: the call key's hash, or its flow hash when it has none."""
+    cdef hep_pkt p
+    cdef const uint8_t *buf = _buf(data)
+    if hep_parse(buf, len(data), &p) != HEP_OK:
+        raise ValueError("invalid HEP message")
+    return sample_key(&p, buf)
+
+
+def listener_allows(compiled, Py_ssize_t listener, str sender not None):
+    """Whether listener `listener`'s `allow` CIDRs admit a datagram from the sender address
+    (empty list: everyone). An IPv4-mapped IPv6 sender (a dual-stack "[::]" socket receiving
+    IPv4) counts as IPv4. Twin: hepfast.plan.listener_allows."""
+    cdef uint64_t hi, lo
+    cdef const uint64_t[:, ::1] rows
+    cdef const uint8_t[::1] fam
+    import ipaddress
+    from hepfast.plan import addr128
+    info = compiled.listeners[listener]
+    if info.allow.shape[0] == 0:
+        return True
+    a = ipaddress.ip_address(sender)
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    hi, lo = addr128(a.packed)
+    rows = info.allow
+    fam = info.allow_fam
+    return cidr_match(&rows[0, 0], &fam[0], 0, rows.shape[0], hi, lo, a.version)
+
+
+def fold_hash(bytes data not None):
+    """hash64_lower (tests: twin of hepfast.plan.hash_str on folded keys)."""
+    return hash64_lower(_buf(data), len(data))

@@ -1,0 +1,342 @@
+# cython: language_level=3
+#
+# rules: the compiled rule tables (hepfast/plan/) at C level, and the per-packet match.
+# Inline, compiled into each user (ext/dataplane/_worker.pyx, ext/plan/_matcher.pyx). The module docstring of
+# hepfast/plan/ is the reference for the table layout and the evaluation semantics; the
+# pure-Python evaluator there (match_rules) is the oracle tests/test_rules.py compares this with.
+#
+# Invariants:
+# - `rules_bind` (cold, with the GIL) only takes pointers into the numpy arrays of a
+#   hepfast.plan.Compiled object: the caller keeps that object alive for as long as it uses the
+#   rule_tables (a worker swaps tables between two batches, then drops the old object).
+# - The tables are read-only; nothing here writes to them or to the packet buffer.
+# - `rule_match` and the helpers cannot fail (noexcept nogil): every index they follow was checked
+#   once by rules_bind (key_start + key_count within the value tables).
+# - SIP windows of `sip_info` are relative to the payload (buf + p.payload_off), as sip_scan
+#   returns them; a NULL sip_info means "no SIP summary": SIP keys do not match.
+# - Key numbers and flag bits repeat hepfast/plan/: keep them in step (tests check).
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, uintptr_t
+
+from hepwire cimport (hep_pkt, hep_rd32, hep_hash64, hep_mix64, CH_PTYPE, CH_PROTO, CH_SRC4,
+                      CH_DST4, CH_SRC6, CH_DST6, CH_SPORT, CH_DPORT, CH_CAPID, CH_CORR, CH_NODE,
+                      CH_PAYLOAD)
+from sipscan cimport sip_info, sip_call_id
+
+# Match keys (hepfast/plan/: LISTENER .. SIP_RURI_DOMAIN).
+cdef enum:
+    K_LISTENER = 0
+    K_HEP_VERSION = 1
+    K_PROTO_TYPE = 2
+    K_IP_FAMILY = 3
+    K_IP_PROTO = 4
+    K_SRC_IP = 5
+    K_DST_IP = 6
+    K_SRC_PORT = 7
+    K_DST_PORT = 8
+    K_CAPTURE_ID = 9
+    K_NODE_NAME = 10
+    K_CORRELATION_ID = 11
+    K_SIP_METHOD = 12
+    K_SIP_STATUS = 13
+    K_SIP_CALL_ID = 14
+    K_SIP_FROM_USER = 15
+    K_SIP_TO_USER = 16
+    K_SIP_RURI_USER = 17
+    K_SIP_RURI_DOMAIN = 18
+    NKEYS = 19
+
+# Rule flags (hepfast/plan/: DROP .. HAS_SAMPLE).
+cdef enum:
+    RF_DROP = 1
+    RF_CONTINUE = 2
+    RF_HAS_REWRITE = 4
+    RF_NEEDS_SIP = 8
+    RF_HAS_SAMPLE = 16
+
+cdef extern from *:
+    int __builtin_ctz(unsigned int x) noexcept nogil
+
+ctypedef struct rule_tables:
+    Py_ssize_t nrules
+    Py_ssize_t nranges
+    Py_ssize_t ncidrs
+    const uint32_t *key_mask        # [nrules]
+    const int32_t *key_start        # [nrules * NKEYS]
+    const int32_t *key_count        # [nrules * NKEYS]
+    const uint64_t *ranges          # [nranges * 2]: lo, hi (inclusive)
+    const uint64_t *cidrs           # [ncidrs * 4]: net_hi, net_lo, mask_hi, mask_lo
+    const uint8_t *cidr_fam         # [ncidrs]: 4 or 6
+    const uint32_t *flags           # [nrules]
+    const int32_t *fwd_start        # [nrules]
+    const int32_t *fwd_count        # [nrules]
+    const int32_t *fwd              # destination indices
+    const uint8_t *set_blob         # pre-encoded set chunks
+    const int32_t *set_off          # [nrules]
+    const int32_t *set_len          # [nrules]
+    const uint32_t *skip            # chunk keys (vendor << 16 | type) to leave out
+    const int32_t *skip_start       # [nrules]
+    const int32_t *skip_count       # [nrules]
+    const uint64_t *sample          # [nrules]: keep when mix64(call key hash) < sample[r]
+    bint needs_sip                  # some rule has a sip_* key: scan SIP payloads
+    bint needs_call_key             # some rule samples
+    int32_t default_dest            # -1: drop
+
+
+cdef inline const void *_array_ptr(object arr, object dtype, Py_ssize_t ndim,
+                                   Py_ssize_t *length) except? NULL:
+    """Data pointer of a C-contiguous numpy array of the given dtype, and its first dimension."""
+    if arr.dtype != dtype or not arr.flags.c_contiguous or arr.ndim != ndim:
+        raise TypeError(f"rule table: expected a C-contiguous {ndim}-d {dtype} array, got "
+                        f"{arr.dtype} {arr.shape}")
+    length[0] = arr.shape[0]
+    if arr.size == 0:
+        return NULL
+    return <const void *><uintptr_t>arr.__array_interface__["data"][0]
+
+
+cdef inline int rules_bind(rule_tables *t, object c) except -1:
+    """Point t at the tables of a hepfast.plan.Compiled (kept alive by the caller)."""
+    import numpy as np
+    cdef Py_ssize_t n, m, i, k, nfwd, nblob, nskip, s, cnt
+    t.key_mask = <const uint32_t *>_array_ptr(c.key_mask, np.uint32, 1, &n)
+    t.nrules = n
+    t.key_start = <const int32_t *>_array_ptr(c.key_start, np.int32, 2, &m)
+    if m != n or c.key_start.shape[1] != NKEYS or c.key_count.shape != c.key_start.shape:
+        raise ValueError("rule table: key_start/key_count must be [nrules, NKEYS]")
+    t.key_count = <const int32_t *>_array_ptr(c.key_count, np.int32, 2, &m)
+    t.ranges = <const uint64_t *>_array_ptr(c.ranges, np.uint64, 2, &t.nranges)
+    t.cidrs = <const uint64_t *>_array_ptr(c.cidrs, np.uint64, 2, &t.ncidrs)
+    t.cidr_fam = <const uint8_t *>_array_ptr(c.cidr_fam, np.uint8, 1, &m)
+    if m != t.ncidrs or (t.nranges and c.ranges.shape[1] != 2) \
+            or (t.ncidrs and c.cidrs.shape[1] != 4):
+        raise ValueError("rule table: ranges must be [N, 2], cidrs [M, 4], cidr_fam [M]")
+    t.flags = <const uint32_t *>_array_ptr(c.flags, np.uint32, 1, &m)
+    t.fwd_start = <const int32_t *>_array_ptr(c.fwd_start, np.int32, 1, &m)
+    t.fwd_count = <const int32_t *>_array_ptr(c.fwd_count, np.int32, 1, &m)
+    t.fwd = <const int32_t *>_array_ptr(c.fwd, np.int32, 1, &nfwd)
+    t.set_blob = <const uint8_t *>_array_ptr(c.set_blob, np.uint8, 1, &nblob)
+    t.set_off = <const int32_t *>_array_ptr(c.set_off, np.int32, 1, &m)
+    t.set_len = <const int32_t *>_array_ptr(c.set_len, np.int32, 1, &m)
+    t.skip = <const uint32_t *>_array_ptr(c.skip, np.uint32, 1, &nskip)
+    t.skip_start = <const int32_t *>_array_ptr(c.skip_start, np.int32, 1, &m)
+    t.skip_count = <const int32_t *>_array_ptr(c.skip_count, np.int32, 1, &m)
+    t.sample = <const uint64_t *>_array_ptr(c.sample, np.uint64, 1, &m)
+    for arr in (c.flags, c.fwd_start, c.fwd_count, c.set_off, c.set_len, c.skip_start,
+                c.skip_count, c.sample):
+        if arr.shape[0] != n:
+            raise ValueError("rule table: per-rule arrays must all have nrules rows")
+    # Check every index once here, so the nogil readers need no bounds checks.
+    for i in range(n):
+        for k in range(NKEYS):
+            s = t.key_start[i * NKEYS + k]
+            cnt = t.key_count[i * NKEYS + k]
+            if s < 0 or cnt < 0 or s + cnt > (t.ncidrs if k == K_SRC_IP or k == K_DST_IP
+                                              else t.nranges):
+                raise ValueError(f"rule table: rule {i} key {k} indexes past its value table")
+        if t.fwd_start[i] < 0 or t.fwd_count[i] < 0 or t.fwd_start[i] + t.fwd_count[i] > nfwd \
+                or t.set_off[i] < 0 or t.set_len[i] < 0 or t.set_off[i] + t.set_len[i] > nblob \
+                or t.skip_start[i] < 0 or t.skip_count[i] < 0 \
+                or t.skip_start[i] + t.skip_count[i] > nskip:
+            raise ValueError(f"rule table: rule {i} action indexes past its table")
+    for i in range(nfwd):
+        if not 0 <= t.fwd[i] < len(c.destinations):
+            raise ValueError(f"rule table: fwd[{i}] is not a destination index")
+    t.needs_sip = bool(c.needs_sip)
+    t.needs_call_key = bool(c.needs_call_key)
+    t.default_dest = c.default_dest
+    return 0
+
+
+cdef inline uint64_t _rd64(const uint8_t *p) noexcept nogil:
+    return (<uint64_t>hep_rd32(p) << 32) | hep_rd32(p + 4)
+
+
+cdef inline bint pkt_addr(const hep_pkt *p, bint src, uint64_t *hi, uint64_t *lo) noexcept nogil:
+    """The packet's source (src) or destination address as 128 bits, IPv4 mapped into
+    ::ffff:0:0/96; False when the packet has no address of its own family."""
+    cdef const uint8_t *a
+    if p.family == 4 and p.present & ((<uint64_t>1) << (CH_SRC4 if src else CH_DST4)):
+        if src:
+            a = &p.src4[0]
+        else:
+            a = &p.dst4[0]
+        hi[0] = 0
+        lo[0] = (<uint64_t>0xFFFF << 32) | hep_rd32(a)
+        return True
+    if p.family == 6 and p.present & ((<uint64_t>1) << (CH_SRC6 if src else CH_DST6)):
+        if src:
+            a = &p.src6[0]
+        else:
+            a = &p.dst6[0]
+        hi[0] = _rd64(a)
+        lo[0] = _rd64(a + 8)
+        return True
+    return False
+
+
+cdef inline bint cidr_match(const uint64_t *rows, const uint8_t *fam, Py_ssize_t s, Py_ssize_t n,
+                            uint64_t hi, uint64_t lo, uint8_t family) noexcept nogil:
+    """Whether the address is in one of rows[s:s+n] of its own family (also the listeners'
+    `allow` tables, which have the same layout)."""
+    cdef Py_ssize_t i
+    cdef const uint64_t *row
+    for i in range(s, s + n):
+        row = rows + 4 * i
+        if fam[i] == family and (hi & row[2]) == row[0] and (lo & row[3]) == row[1]:
+            return True
+    return False
+
+
+cdef inline bint _in_ranges(const rule_tables *t, Py_ssize_t s, Py_ssize_t n,
+                            uint64_t v) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(s, s + n):
+        if t.ranges[2 * i] <= v <= t.ranges[2 * i + 1]:
+            return True
+    return False
+
+
+cdef inline uint64_t hash64_lower(const uint8_t *s, Py_ssize_t n) noexcept nogil:
+    """FNV-1a 64 of s with ASCII letters folded to lower case (sip_method, sip_ruri_domain)."""
+    cdef uint64_t h = 0xcbf29ce484222325ULL
+    cdef Py_ssize_t i
+    cdef uint8_t c
+    for i in range(n):
+        c = s[i]
+        if 0x41 <= c <= 0x5A:
+            c |= 0x20
+        h ^= c
+        h *= 0x100000001b3ULL
+    return h
+
+
+cdef inline bint _sip_value(const sip_info *sip, int k, const uint8_t *pl,
+                            uint64_t *v) noexcept nogil:
+    """The value of SIP key k (hash, or status), False when absent."""
+    cdef uint32_t off = 0, ln = 0
+    if sip == NULL:
+        return False
+    if k == K_SIP_STATUS:
+        v[0] = <uint64_t>sip.status
+        return sip.status > 0
+    if k == K_SIP_METHOD:
+        off, ln = sip.method_off, sip.method_len
+    elif k == K_SIP_CALL_ID:
+        off, ln = sip.call_id_off, sip.call_id_len
+    elif k == K_SIP_FROM_USER:
+        off, ln = sip.from_user_off, sip.from_user_len
+    elif k == K_SIP_TO_USER:
+        off, ln = sip.to_user_off, sip.to_user_len
+    elif k == K_SIP_RURI_USER:
+        off, ln = sip.ruri_user_off, sip.ruri_user_len
+    elif k == K_SIP_RURI_DOMAIN:
+        off, ln = sip.ruri_domain_off, sip.ruri_domain_len
+    if ln == 0:
+        return False
+    if k == K_SIP_METHOD or k == K_SIP_RURI_DOMAIN:
+        v[0] = hash64_lower(pl + off, ln)
+    else:
+        v[0] = hep_hash64(pl + off, ln)
+    return True
+
+
+cdef inline bint rule_match(const rule_tables *t, Py_ssize_t r, const hep_pkt *p,
+                            const uint8_t *buf, uint32_t listener,
+                            const sip_info *sip) noexcept nogil:
+    """Whether every key of rule r matches the parsed packet p (buffer buf) received on
+    `listener`. `sip`: the SIP summary of the payload, or NULL (SIP keys then do not match)."""
+    cdef uint32_t mask = t.key_mask[r]
+    cdef int k
+    cdef Py_ssize_t s, n
+    cdef uint64_t v = 0, hi = 0, lo = 0
+    cdef bint have
+    while mask:
+        k = __builtin_ctz(mask)
+        mask &= mask - 1
+        s = t.key_start[r * NKEYS + k]
+        n = t.key_count[r * NKEYS + k]
+        if k == K_SRC_IP or k == K_DST_IP:
+            if not pkt_addr(p, k == K_SRC_IP, &hi, &lo):
+                return False
+            if not cidr_match(t.cidrs, t.cidr_fam, s, n, hi, lo, p.family):
+                return False
+            continue
+        have = True
+        if k == K_LISTENER:
+            v = listener
+        elif k == K_HEP_VERSION:
+            v = p.version
+        elif k == K_PROTO_TYPE:
+            have = (p.present >> CH_PTYPE) & 1
+            v = p.proto_type
+        elif k == K_IP_FAMILY:
+            have = p.family == 4 or p.family == 6
+            v = p.family
+        elif k == K_IP_PROTO:
+            have = (p.present >> CH_PROTO) & 1
+            v = p.ip_proto
+        elif k == K_SRC_PORT:
+            have = (p.present >> CH_SPORT) & 1
+            v = p.src_port
+        elif k == K_DST_PORT:
+            have = (p.present >> CH_DPORT) & 1
+            v = p.dst_port
+        elif k == K_CAPTURE_ID:
+            have = (p.present >> CH_CAPID) & 1
+            v = p.capture_id
+        elif k == K_NODE_NAME:
+            have = (p.present >> CH_NODE) & 1
+            if have:
+                v = hep_hash64(buf + p.node_off, p.node_len)
+        elif k == K_CORRELATION_ID:
+            have = (p.present >> CH_CORR) & 1
+            if have:
+                v = hep_hash64(buf + p.corr_off, p.corr_len)
+        else:
+            have = _sip_value(sip, k, buf + p.payload_off, &v)
+        if not have or not _in_ranges(t, s, n, v):
+            return False
+    return True
+
+
+cdef inline bint pkt_is_sip(const hep_pkt *p) noexcept nogil:
+    """A packet whose payload the SIP scanner may read: proto type SIP, uncompressed payload."""
+    return p.proto_type == 1 and (p.present >> CH_PTYPE) & 1 and (p.present >> CH_PAYLOAD) & 1 \
+        and p.payload_len > 0
+
+
+cdef inline bint call_key_hash(const hep_pkt *p, const uint8_t *buf, uint64_t *h) noexcept nogil:
+    """FNV-1a of the call key (SIP Call-ID for SIP packets, else the correlation id); False when
+    the packet has none. Twin: HepPacket.call_key()."""
+    cdef uint32_t off = 0, ln = 0
+    if pkt_is_sip(p) and sip_call_id(buf + p.payload_off, p.payload_len, &off, &ln):
+        h[0] = hep_hash64(buf + p.payload_off + off, ln)
+        return True
+    if (p.present >> CH_CORR) & 1 and p.corr_len > 0:
+        h[0] = hep_hash64(buf + p.corr_off, p.corr_len)
+        return True
+    return False
+
+
+cdef inline uint64_t sample_key(const hep_pkt *p, const uint8_t *buf) noexcept nogil:
+    """What sampling (and hash mode) keys on: the call key's hash, or for a packet without one
+    its flow (addresses and ports), so a flow is still kept or dropped whole.
+    Twin: hepfast.plan.sample_key_hash."""
+    cdef uint64_t h
+    if call_key_hash(p, buf, &h):
+        return h
+    if p.family == 6:
+        h = hep_hash64(p.src6, 16) ^ hep_mix64(hep_hash64(p.dst6, 16))
+    else:
+        h = hep_hash64(p.src4, 4) ^ hep_mix64(hep_hash64(p.dst4, 4))
+    return hep_mix64(h ^ ((<uint64_t>p.src_port << 16) | p.dst_port))
+
+
+cdef inline bint rule_sample_keep(const rule_tables *t, Py_ssize_t r, bint have_key,
+                                  uint64_t key_hash) noexcept nogil:
+    """Whether a rule that samples keeps the packet whose sample_key is key_hash (have_key
+    False: kept; callers that use sample_key always have one)."""
+    if not (t.flags[r] & RF_HAS_SAMPLE) or not have_key:
+        return True
+    return hep_mix64(key_hash) < t.sample[r]

@@ -1,0 +1,412 @@
+# cython: language_level=3
+#
+# hepwire: the HEP wire format at C level (v1, v2, v3), shared by every extension module that
+# cimports it (the functions are inline, compiled into each user).
+#
+# Invariants:
+# - `hep_parse` reads only `buf[0:n]`; it never writes to the buffer and never copies it. It fills
+#   a `hep_pkt` of decoded fixed fields and (offset, length) windows of the variable ones, and
+#   returns a reason code (HEP_OK or one of the HEP_* reasons); it cannot raise.
+# - Offsets in `hep_pkt` are relative to the start of the packet buffer given to hep_parse.
+# - `hep_build_v3` / `hep_build_v2` write only `out[0:cap]` and return the new length or -1.
+# - Reason codes are mapped to names in one place: hepfast/wire/reasons.py (same names as the metrics'
+#   `reason` label).
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.string cimport memcpy, memcmp, memset
+
+cdef extern from "hepbytes.h":
+    uint16_t hep_rd16(const uint8_t *p) noexcept nogil
+    uint32_t hep_rd32(const uint8_t *p) noexcept nogil
+    uint32_t hep_rd32le(const uint8_t *p) noexcept nogil
+    uint16_t hep_rd16le(const uint8_t *p) noexcept nogil
+    void hep_wr16(uint8_t *p, uint16_t v) noexcept nogil
+    void hep_wr32(uint8_t *p, uint32_t v) noexcept nogil
+    void hep_wr32le(uint8_t *p, uint32_t v) noexcept nogil
+    void hep_wr16le(uint8_t *p, uint16_t v) noexcept nogil
+
+# Reason codes (0 = parsed). Names live in hepfast/wire/reasons.py.
+cdef enum:
+    HEP_OK = 0
+    HEP_SHORT = 1
+    HEP_MAGIC = 2
+    HEP_LENGTH = 3
+    HEP_CHUNK = 4
+    HEP_VERSION = 5
+
+# Generic chunk type ids used by the switch.
+cdef enum:
+    CH_FAMILY = 0x01
+    CH_PROTO = 0x02
+    CH_SRC4 = 0x03
+    CH_DST4 = 0x04
+    CH_SRC6 = 0x05
+    CH_DST6 = 0x06
+    CH_SPORT = 0x07
+    CH_DPORT = 0x08
+    CH_TSEC = 0x09
+    CH_TUSEC = 0x0a
+    CH_PTYPE = 0x0b
+    CH_CAPID = 0x0c
+    CH_AUTH = 0x0e
+    CH_PAYLOAD = 0x0f
+    CH_ZPAYLOAD = 0x10
+    CH_CORR = 0x11
+    CH_NODE = 0x13
+
+ctypedef struct hep_pkt:
+    uint32_t total          # bytes of the HEP message (v3 length field; v1/v2: datagram length)
+    uint8_t version         # 1, 2 or 3
+    uint8_t family          # 4, 6, or 0 when unknown
+    uint8_t family_raw      # the sender's family byte (2, 10, ...); 0 when absent
+    uint8_t ip_proto
+    uint8_t proto_type
+    uint16_t src_port
+    uint16_t dst_port
+    uint32_t ts_sec
+    uint32_t ts_usec
+    uint32_t capture_id
+    uint64_t present        # bit t set: a vendor-0 chunk of type t (t < 64) was seen
+    uint16_t nchunks        # chunks walked (v3), 0 for v1/v2
+    uint16_t nvendor        # chunks with vendor != 0
+    uint8_t src4[4]
+    uint8_t dst4[4]
+    uint8_t src6[16]
+    uint8_t dst6[16]
+    uint32_t payload_off    # body of 0x000f, or of 0x0010 when only a compressed payload exists
+    uint32_t payload_len
+    uint32_t corr_off
+    uint32_t corr_len
+    uint32_t auth_off
+    uint32_t auth_len
+    uint32_t node_off
+    uint32_t node_len
+
+
+cdef inline int hep_fixed_size(uint16_t t) noexcept nogil:
+    """Exact body size of a fixed-width generic chunk, or -1 for variable-size/unknown types."""
+    if t == 1 or t == 2 or t == 0x0b or t == 0x17 or t == 0x18:
+        return 1
+    if t == 7 or t == 8 or t == 0x0d or t == 0x12 or t == 0x16 or t == 0x20 or t == 0x21 \
+            or t == 0x27 or t == 0x28:
+        return 2
+    if t == 3 or t == 4 or t == 9 or t == 0x0a or t == 0x0c or t == 0x23:
+        return 4
+    if t == 5 or t == 6:
+        return 16
+    if t == 0x14 or t == 0x15:
+        return 8
+    return -1
+
+
+cdef inline uint8_t hep_family_of(uint8_t raw) noexcept nogil:
+    # 2 = AF_INET everywhere; IPv6 is 10 on Linux, 24/28/30 on the BSDs and macOS.
+    if raw == 2:
+        return 4
+    if raw == 10 or raw == 24 or raw == 28 or raw == 30:
+        return 6
+    return 0
+
+
+cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
+    cdef uint32_t total, pos, clen, blen
+    cdef uint16_t vendor, ctype
+    cdef int fs
+    cdef const uint8_t *body
+    if n < 6:
+        return HEP_SHORT
+    total = hep_rd16(buf + 4)
+    if total < 6 or total > n:
+        return HEP_LENGTH
+    p.total = total
+    p.version = 3
+    pos = 6
+    while pos < total:
+        if total - pos < 6:
+            return HEP_CHUNK
+        vendor = hep_rd16(buf + pos)
+        ctype = hep_rd16(buf + pos + 2)
+        clen = hep_rd16(buf + pos + 4)
+        if clen < 6 or clen > total - pos:
+            return HEP_CHUNK
+        blen = clen - 6
+        body = buf + pos + 6
+        p.nchunks += 1
+        if vendor != 0:
+            p.nvendor += 1
+        elif ctype < 64:
+            fs = hep_fixed_size(ctype)
+            if fs >= 0 and <uint32_t>fs != blen:
+                return HEP_CHUNK
+            p.present |= (<uint64_t>1) << ctype
+            if ctype == CH_FAMILY:
+                p.family_raw = body[0]
+            elif ctype == CH_PROTO:
+                p.ip_proto = body[0]
+            elif ctype == CH_SRC4:
+                memcpy(p.src4, body, 4)
+            elif ctype == CH_DST4:
+                memcpy(p.dst4, body, 4)
+            elif ctype == CH_SRC6:
+                memcpy(p.src6, body, 16)
+            elif ctype == CH_DST6:
+                memcpy(p.dst6, body, 16)
+            elif ctype == CH_SPORT:
+                p.src_port = hep_rd16(body)
+            elif ctype == CH_DPORT:
+                p.dst_port = hep_rd16(body)
+            elif ctype == CH_TSEC:
+                p.ts_sec = hep_rd32(body)
+            elif ctype == CH_TUSEC:
+                p.ts_usec = hep_rd32(body)
+            elif ctype == CH_PTYPE:
+                p.proto_type = body[0]
+            elif ctype == CH_CAPID:
+                p.capture_id = hep_rd32(body)
+            elif ctype == CH_AUTH:
+                p.auth_off = pos + 6
+                p.auth_len = blen
+            elif ctype == CH_PAYLOAD:
+                p.payload_off = pos + 6
+                p.payload_len = blen
+            elif ctype == CH_ZPAYLOAD:
+                if not (p.present & ((<uint64_t>1) << CH_PAYLOAD)):
+                    p.payload_off = pos + 6
+                    p.payload_len = blen
+            elif ctype == CH_CORR:
+                p.corr_off = pos + 6
+                p.corr_len = blen
+            elif ctype == CH_NODE:
+                p.node_off = pos + 6
+                p.node_len = blen
+        pos += clen
+    p.family = hep_family_of(p.family_raw)
+    if p.family == 0:
+        # Unknown or missing family byte: infer it from the address chunks that are present.
+        if p.present & (((<uint64_t>1) << CH_SRC6) | ((<uint64_t>1) << CH_DST6)):
+            p.family = 6
+        elif p.present & (((<uint64_t>1) << CH_SRC4) | ((<uint64_t>1) << CH_DST4)):
+            p.family = 4
+    return HEP_OK
+
+
+cdef inline int hep_parse_v12(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
+    # Layout: v, hp_l (ignored: senders disagree), family, proto, sport, dport (BE), addresses,
+    # then for v2 a 12-byte time header {u32 sec LE, u32 usec LE, u16 captid LE, 2 pad}.
+    cdef Py_ssize_t alen, hdr
+    cdef uint8_t fam
+    if n < 4:
+        return HEP_SHORT
+    if n > 65535:
+        return HEP_LENGTH
+    fam = hep_family_of(buf[2])
+    if fam == 0:
+        return HEP_VERSION
+    alen = 4 if fam == 4 else 16
+    hdr = 8 + 2 * alen + (12 if buf[0] == 2 else 0)
+    if n < hdr:
+        return HEP_SHORT
+    p.version = buf[0]
+    p.total = <uint32_t>n
+    p.family = fam
+    p.family_raw = buf[2]
+    p.ip_proto = buf[3]
+    p.src_port = hep_rd16(buf + 4)
+    p.dst_port = hep_rd16(buf + 6)
+    p.present = ((<uint64_t>1) << CH_FAMILY) | ((<uint64_t>1) << CH_PROTO) | \
+        ((<uint64_t>1) << CH_SPORT) | ((<uint64_t>1) << CH_DPORT) | ((<uint64_t>1) << CH_PAYLOAD)
+    if fam == 4:
+        memcpy(p.src4, buf + 8, 4)
+        memcpy(p.dst4, buf + 12, 4)
+        p.present |= ((<uint64_t>1) << CH_SRC4) | ((<uint64_t>1) << CH_DST4)
+    else:
+        memcpy(p.src6, buf + 8, 16)
+        memcpy(p.dst6, buf + 24, 16)
+        p.present |= ((<uint64_t>1) << CH_SRC6) | ((<uint64_t>1) << CH_DST6)
+    if buf[0] == 2:
+        p.ts_sec = hep_rd32le(buf + 8 + 2 * alen)
+        p.ts_usec = hep_rd32le(buf + 12 + 2 * alen)
+        p.capture_id = hep_rd16le(buf + 16 + 2 * alen)
+        p.present |= ((<uint64_t>1) << CH_TSEC) | ((<uint64_t>1) << CH_TUSEC) | \
+            ((<uint64_t>1) << CH_CAPID)
+    # v1/v2 carry raw SIP only.
+    p.proto_type = 1
+    p.present |= (<uint64_t>1) << CH_PTYPE
+    p.payload_off = <uint32_t>hdr
+    p.payload_len = <uint32_t>(n - hdr)
+    return HEP_OK
+
+
+cdef inline int hep_parse(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
+    """Parse one HEP message held in buf[0:n]. Returns HEP_OK or a reason code."""
+    memset(p, 0, sizeof(hep_pkt))
+    if n < 4:
+        return HEP_SHORT
+    if buf[0] == 0x48 and buf[1] == 0x45 and buf[2] == 0x50:
+        if buf[3] == 0x33:
+            return hep_parse_v3(buf, n, p)
+        return HEP_VERSION          # "HEP1", "HEP2", "HEP4"...: HEP, but not a version we speak
+    if buf[0] == 0x45 and buf[1] == 0x45 and buf[2] == 0x50:
+        return HEP_VERSION          # "EEP1"/"EEP3" of the 2013 draft: nobody sends it as HEPv3
+    if buf[0] == 1 or buf[0] == 2:
+        return hep_parse_v12(buf, n, p)
+    return HEP_MAGIC
+
+
+cdef inline uint64_t hep_hash64(const uint8_t *s, Py_ssize_t n) noexcept nogil:
+    """FNV-1a 64: string keys of the rule tables and the call key (twin: hepfast/hashing.py)."""
+    cdef uint64_t h = 0xcbf29ce484222325ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= s[i]
+        h *= 0x100000001b3ULL
+    return h
+
+
+cdef inline uint64_t hep_mix64(uint64_t x) noexcept nogil:
+    """splitmix64 finaliser: rendezvous weights (twin: hepfast/hashing.py)."""
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+# ---------------------------------------------------------------- building / rewriting
+
+cdef inline bint _key_in(uint32_t key, const uint32_t *keys, int nkeys) noexcept nogil:
+    cdef int i
+    for i in range(nkeys):
+        if keys[i] == key:
+            return True
+    return False
+
+
+cdef inline Py_ssize_t _emit(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap, uint16_t vendor,
+                             uint16_t ctype, const uint8_t *body, Py_ssize_t blen) noexcept nogil:
+    if pos < 0 or blen + 6 > 65535 or pos + 6 + blen > cap:
+        return -1
+    hep_wr16(out + pos, vendor)
+    hep_wr16(out + pos + 2, ctype)
+    hep_wr16(out + pos + 4, <uint16_t>(blen + 6))
+    if blen:
+        memcpy(out + pos + 6, body, blen)
+    return pos + 6 + blen
+
+
+cdef inline Py_ssize_t _emit_fixed(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap, uint16_t ctype,
+                                   uint32_t v, int size, const uint32_t *skip,
+                                   int nskip) noexcept nogil:
+    cdef uint8_t tmp[4]
+    if _key_in(ctype, skip, nskip):
+        return pos
+    if size == 1:
+        tmp[0] = <uint8_t>v
+    elif size == 2:
+        hep_wr16(tmp, <uint16_t>v)
+    else:
+        hep_wr32(tmp, v)
+    return _emit(out, pos, cap, 0, ctype, tmp, size)
+
+
+cdef inline Py_ssize_t _emit_var(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap, uint16_t ctype,
+                                 const uint8_t *body, Py_ssize_t blen, const uint32_t *skip,
+                                 int nskip) noexcept nogil:
+    if _key_in(ctype, skip, nskip):
+        return pos
+    return _emit(out, pos, cap, 0, ctype, body, blen)
+
+
+cdef inline Py_ssize_t hep_build_v3(const uint8_t *src, const hep_pkt *p,
+                                    const uint8_t *setbuf, Py_ssize_t setlen,
+                                    const uint32_t *skip, int nskip,
+                                    uint8_t *out, Py_ssize_t cap) noexcept nogil:
+    """Write a HEPv3 packet to out: the chunks of the parsed packet `src`/`p` whose key
+    (vendor << 16 | type) is not in `skip`, in their original order, then the pre-encoded chunks
+    of `setbuf`. The caller puts the keys of the `set` chunks into `skip` (replace semantics) as
+    well as the deleted ones. v1/v2 input becomes the equivalent v3 chunks. Returns the length,
+    or -1 when the result does not fit `cap` or 65535 bytes."""
+    cdef Py_ssize_t pos = 6, rp, clen
+    cdef uint32_t key
+    if cap < 6:
+        return -1
+    memcpy(out, b"HEP3", 4)
+    if p.version == 3:
+        rp = 6
+        while rp < p.total:
+            clen = hep_rd16(src + rp + 4)
+            key = (<uint32_t>hep_rd16(src + rp) << 16) | hep_rd16(src + rp + 2)
+            if not _key_in(key, skip, nskip):
+                if pos + clen > cap:
+                    return -1
+                memcpy(out + pos, src + rp, clen)
+                pos += clen
+            rp += clen
+    else:
+        pos = _emit_fixed(out, pos, cap, CH_FAMILY, p.family_raw, 1, skip, nskip)
+        pos = _emit_fixed(out, pos, cap, CH_PROTO, p.ip_proto, 1, skip, nskip)
+        if p.family == 4:
+            pos = _emit_var(out, pos, cap, CH_SRC4, p.src4, 4, skip, nskip)
+            pos = _emit_var(out, pos, cap, CH_DST4, p.dst4, 4, skip, nskip)
+        else:
+            pos = _emit_var(out, pos, cap, CH_SRC6, p.src6, 16, skip, nskip)
+            pos = _emit_var(out, pos, cap, CH_DST6, p.dst6, 16, skip, nskip)
+        pos = _emit_fixed(out, pos, cap, CH_SPORT, p.src_port, 2, skip, nskip)
+        pos = _emit_fixed(out, pos, cap, CH_DPORT, p.dst_port, 2, skip, nskip)
+        if p.version == 2:
+            pos = _emit_fixed(out, pos, cap, CH_TSEC, p.ts_sec, 4, skip, nskip)
+            pos = _emit_fixed(out, pos, cap, CH_TUSEC, p.ts_usec, 4, skip, nskip)
+        pos = _emit_fixed(out, pos, cap, CH_PTYPE, p.proto_type, 1, skip, nskip)
+        if p.version == 2:
+            pos = _emit_fixed(out, pos, cap, CH_CAPID, p.capture_id, 4, skip, nskip)
+        pos = _emit_var(out, pos, cap, CH_PAYLOAD, src + p.payload_off, p.payload_len,
+                        skip, nskip)
+        if pos < 0:
+            return -1
+    if setlen:
+        if pos + setlen > cap:
+            return -1
+        memcpy(out + pos, setbuf, setlen)
+        pos += setlen
+    if pos > 65535:
+        return -1
+    hep_wr16(out + 4, <uint16_t>pos)
+    return pos
+
+
+cdef inline Py_ssize_t hep_build_v2(const uint8_t *src, const hep_pkt *p,
+                                    uint8_t *out, Py_ssize_t cap) noexcept nogil:
+    """Write the HEPv2 form of a parsed packet: what the fixed header can carry (family, proto,
+    ports, addresses, time, 16-bit capture id) and the payload. Returns -1 when the packet has
+    no usable address family or does not fit."""
+    cdef Py_ssize_t alen, hdr
+    if p.family == 4:
+        alen = 4
+    elif p.family == 6:
+        alen = 16
+    else:
+        return -1
+    hdr = 8 + 2 * alen + 12
+    if hdr + p.payload_len > cap or hdr + p.payload_len > 65535:
+        return -1
+    out[0] = 2
+    out[1] = <uint8_t>(8 + 2 * alen)         # hp_l as Kamailio/captagent write it
+    out[2] = 2 if p.family == 4 else 10
+    out[3] = p.ip_proto
+    hep_wr16(out + 4, p.src_port)
+    hep_wr16(out + 6, p.dst_port)
+    if p.family == 4:
+        memcpy(out + 8, p.src4, 4)
+        memcpy(out + 12, p.dst4, 4)
+    else:
+        memcpy(out + 8, p.src6, 16)
+        memcpy(out + 24, p.dst6, 16)
+    hep_wr32le(out + 8 + 2 * alen, p.ts_sec)
+    hep_wr32le(out + 12 + 2 * alen, p.ts_usec)
+    hep_wr16le(out + 16 + 2 * alen, <uint16_t>(p.capture_id & 0xffff))
+    out[18 + 2 * alen] = 0
+    out[19 + 2 * alen] = 0
+    if p.payload_len:
+        memcpy(out + hdr, src + p.payload_off, p.payload_len)
+    return hdr + p.payload_len

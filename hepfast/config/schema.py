@@ -1,0 +1,100 @@
+"""The configuration schema (design.md section 2, a contract): frozen msgspec Structs.
+
+Unknown keys are errors at every level (`forbid_unknown_fields`): a typo never silently means
+"default". Match values are kept as written (scalars or lists); hepfast.config.values says what
+each value means, hepfast.config.validate checks what types cannot, hepfast.plan compiles.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+LISTENER_TRANSPORTS = ("udp", "tcp", "tls")
+DESTINATION_TRANSPORTS = ("udp", "tcp", "tls", "pcap", "postgres")
+MODES = ("hash", "all", "failover", "roundrobin")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]*$")
+
+# Scalars are accepted wherever a list is, as a list of one (`match.proto_type = "sip"`).
+StrList = Union[list[str], str, None]
+IntStrList = Union[list[Union[int, str]], int, str, None]
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Switch(_Base):
+    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = msgspec.field(
+        default_factory=lambda: os.cpu_count() or 1)
+    batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    default: str = "drop"
+
+
+class Admin(_Base):
+    listen: str = "127.0.0.1:9096"
+
+
+class Listener(_Base):
+    name: str
+    listen: str
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    auth_key: str = ""
+    allow: list[str] = []
+
+
+class Destination(_Base):
+    targets: list[str] = []
+    transport: Literal["udp", "tcp", "tls", "pcap", "postgres"] = "udp"
+    mode: Literal["hash", "all", "failover", "roundrobin"] = "hash"
+    hep_version: Literal[2, 3] = 3
+    path: str | None = None          # pcap
+    dsn: str | None = None           # postgres
+
+
+class Match(_Base):
+    listener: StrList = None
+    hep_version: IntStrList = None
+    proto_type: IntStrList = None
+    ip_family: IntStrList = None
+    ip_proto: IntStrList = None
+    src_ip: StrList = None
+    dst_ip: StrList = None
+    src_port: IntStrList = None
+    dst_port: IntStrList = None
+    capture_id: IntStrList = None
+    node_name: StrList = None
+    correlation_id: StrList = None
+    sip_method: StrList = None
+    sip_status: IntStrList = None
+    sip_call_id: StrList = None
+    sip_from_user: StrList = None
+    sip_to_user: StrList = None
+    sip_ruri_user: StrList = None
+    sip_ruri_domain: StrList = None
+
+
+# In the order of the data plane's key enumeration (hepfast/plan/, ext/plan/matcher.pxd).
+MATCH_KEYS = tuple(Match.__struct_fields__)
+
+
+class Rule(_Base):
+    name: str
+    match: Match = Match()
+    set: dict[str, Union[int, str]] = {}
+    delete: list[Union[str, int]] = []
+    forward: list[str] = []
+    drop: bool = False
+    continue_: bool = msgspec.field(default=False, name="continue")
+    sample: float | None = None
+
+
+class Config(_Base):
+    switch: Switch = msgspec.field(default_factory=Switch)
+    admin: Admin = Admin()
+    listeners: list[Listener] = []
+    destinations: dict[str, Destination] = {}
+    rules: list[Rule] = []

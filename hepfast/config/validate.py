@@ -1,0 +1,188 @@
+"""Checks beyond types: names, references between sections, addresses, ranges, chunk names."""
+from __future__ import annotations
+
+import re
+
+from hepfast.config.errors import ConfigError
+from hepfast.config.schema import _NAME_RE, Config, Match
+from hepfast.config.values import (
+    _int,
+    as_list,
+    parse_cidr,
+    parse_hostport,
+    parse_ip_proto,
+    parse_proto_type,
+    parse_range,
+    parse_sip_status,
+)
+from hepfast.wire import chunks
+
+
+def _qkey(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def _check(path: str, fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except (ValueError, chunks.ChunkError) as exc:
+        raise ConfigError(path, str(exc)) from None
+
+
+def _check_name(path: str, name: str, what: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ConfigError(path, f"bad {what} name {name!r}: use letters, digits and _ . : @ - "
+                                f"(not starting with a punctuation mark)")
+
+
+def validate(cfg: Config) -> None:
+    dests = cfg.destinations
+    for name, d in dests.items():
+        p = f"destinations.{_qkey(name)}"
+        _check_name(p, name, "destination")
+        if name == "drop":
+            raise ConfigError(p, "\"drop\" is reserved (it means: no destination); rename it")
+        if d.transport in ("udp", "tcp", "tls"):
+            if not d.targets:
+                raise ConfigError(f"{p}.targets", f"a {d.transport} destination needs at least "
+                                                  f"one target, e.g. [\"10.0.0.1:9060\"]")
+            seen: dict[tuple[str, int], int] = {}
+            for i, t in enumerate(d.targets):
+                hp = _check(f"{p}.targets[{i}]", parse_hostport, t)
+                if hp in seen:
+                    raise ConfigError(f"{p}.targets[{i}]", f"duplicate target {t!r} "
+                                                           f"(also targets[{seen[hp]}])")
+                seen[hp] = i
+            for key in ("path", "dsn"):
+                if getattr(d, key) is not None:
+                    raise ConfigError(f"{p}.{key}", f"\"{key}\" is not used by a {d.transport} "
+                                                    f"destination; remove it")
+        else:
+            need = "path" if d.transport == "pcap" else "dsn"
+            if not getattr(d, need):
+                raise ConfigError(f"{p}.{need}", f"a {d.transport} destination needs \"{need}\"")
+            if d.targets:
+                raise ConfigError(f"{p}.targets", f"a {d.transport} destination has no targets; "
+                                                  f"remove them")
+            other = "dsn" if need == "path" else "path"
+            if getattr(d, other) is not None:
+                raise ConfigError(f"{p}.{other}", f"\"{other}\" is not used by a {d.transport} "
+                                                  f"destination; remove it")
+
+    if cfg.switch.default != "drop" and cfg.switch.default not in dests:
+        raise ConfigError("switch.default", _unknown_dest(cfg.switch.default, dests)
+                          + "; or \"drop\"")
+    _check("admin.listen", parse_hostport, cfg.admin.listen, allow_zero=True)
+
+    if not cfg.listeners:
+        raise ConfigError("listeners", "no listener: add a [[listeners]] table with name and "
+                                       "listen = \"0.0.0.0:9060\"")
+    lnames: dict[str, int] = {}
+    addrs: dict[tuple[str, str, int], int] = {}
+    for i, lst in enumerate(cfg.listeners):
+        p = f"listeners[{i}]"
+        _check_name(f"{p}.name", lst.name, "listener")
+        if lst.name in lnames:
+            raise ConfigError(f"{p}.name", f"duplicate listener name \"{lst.name}\" "
+                                           f"(also listeners[{lnames[lst.name]}])")
+        lnames[lst.name] = i
+        host, port = _check(f"{p}.listen", parse_hostport, lst.listen, allow_zero=True)
+        key = (lst.transport, host, port)
+        if port and key in addrs:
+            raise ConfigError(f"{p}.listen", f"{lst.listen} {lst.transport} is already used by "
+                                             f"listeners[{addrs[key]}]")
+        addrs[key] = i
+        for j, c in enumerate(lst.allow):
+            _check(f"{p}.allow[{j}]", parse_cidr, c)
+
+    rnames: dict[str, int] = {}
+    for i, r in enumerate(cfg.rules):
+        p = f"rules[{i}]"
+        _check_name(f"{p}.name", r.name, "rule")
+        if r.name in rnames:
+            raise ConfigError(f"{p}.name", f"duplicate rule name \"{r.name}\" "
+                                           f"(also rules[{rnames[r.name]}])")
+        rnames[r.name] = i
+        _validate_match(f"{p}.match", r.match, lnames)
+        seen_f: dict[str, int] = {}
+        for j, f in enumerate(r.forward):
+            if f not in dests:
+                raise ConfigError(f"{p}.forward[{j}]", _unknown_dest(f, dests))
+            if f in seen_f:
+                raise ConfigError(f"{p}.forward[{j}]", f"destination \"{f}\" is already "
+                                                       f"forward[{seen_f[f]}]")
+            seen_f[f] = j
+        if r.drop and r.forward:
+            raise ConfigError(f"{p}.drop", "a rule cannot both drop and forward: remove "
+                                           "\"drop\" or \"forward\"")
+        if r.drop and r.continue_:
+            raise ConfigError(f"{p}.continue", "a dropping rule ends the evaluation: remove "
+                                               "\"continue\" or \"drop\"")
+        if r.drop and (r.set or r.delete):
+            raise ConfigError(f"{p}.set" if r.set else f"{p}.delete",
+                              "a dropping rule sends nothing, so set/delete have no effect: "
+                              "remove them")
+        if not r.drop and not r.forward and not r.continue_:
+            raise ConfigError(p, "the rule takes packets but sends them nowhere: add "
+                                 "forward = [\"DEST\"], drop = true, or continue = true")
+        if r.sample is not None and not 0.0 < r.sample <= 1.0:
+            raise ConfigError(f"{p}.sample", f"{r.sample} is not in (0, 1]: 0.1 keeps a tenth "
+                                             f"of the calls")
+        set_keys: dict[tuple[int, int], str] = {}
+        for name, value in r.set.items():
+            _check(f"{p}.set.{_qkey(name)}", chunks.set_chunk, name, value)
+            for key in _check(f"{p}.set.{_qkey(name)}", chunks.chunk_keys, name):
+                if key in set_keys:
+                    raise ConfigError(f"{p}.set.{_qkey(name)}", f"sets the same chunk as "
+                                                                f"set.{set_keys[key]}: keep one")
+                set_keys[key] = name
+        for j, name in enumerate(r.delete):
+            _check(f"{p}.delete[{j}]", chunks.chunk_keys, name)
+
+
+def _unknown_dest(name: str, dests: dict) -> str:
+    known = ", ".join(dests) if dests else "none defined: add a [destinations.NAME] table"
+    return f"unknown destination \"{name}\" (defined: {known})"
+
+
+def _validate_match(p: str, m: Match, listeners: dict[str, int]) -> None:
+    def each(key: str):
+        v = getattr(m, key)
+        if v is None:
+            return []
+        vals = as_list(v)
+        if not vals:
+            raise ConfigError(f"{p}.{key}", "an empty list matches nothing: remove the key to "
+                                            "match every packet")
+        return [(f"{p}.{key}[{j}]" if isinstance(v, list) else f"{p}.{key}", x)
+                for j, x in enumerate(vals)]
+
+    for path, v in each("listener"):
+        if v not in listeners:
+            raise ConfigError(path, f"unknown listener \"{v}\" (defined: {', '.join(listeners)})")
+    for path, v in each("hep_version"):
+        _check(path, parse_range, v, 1, 3, "HEP version")
+    for path, v in each("proto_type"):
+        _check(path, parse_proto_type, v)
+    for path, v in each("ip_family"):
+        if _check(path, _int, v, "4 or 6") not in (4, 6):
+            raise ConfigError(path, f"ip_family is 4 or 6, not {v!r}")
+    for path, v in each("ip_proto"):
+        _check(path, parse_ip_proto, v)
+    for key in ("src_ip", "dst_ip"):
+        for path, v in each(key):
+            _check(path, parse_cidr, v)
+    for key in ("src_port", "dst_port"):
+        for path, v in each(key):
+            _check(path, parse_range, v, 0, 65535, "port")
+    for path, v in each("capture_id"):
+        _check(path, parse_range, v, 0, 0xFFFFFFFF, "capture id")
+    for path, v in each("sip_status"):
+        _check(path, parse_sip_status, v)
+    for key in ("node_name", "correlation_id", "sip_method", "sip_call_id", "sip_from_user",
+                "sip_to_user", "sip_ruri_user", "sip_ruri_domain"):
+        for path, v in each(key):
+            if not isinstance(v, str):
+                raise ConfigError(path, f"expected a string, got {v!r}")
+            if key == "sip_method" and not re.fullmatch(r"[A-Za-z]+", v):
+                raise ConfigError(path, f"bad SIP method {v!r}: letters only, e.g. \"INVITE\"")

@@ -1,0 +1,1 @@
+"""Ingress: how packets enter the switch (UDP listening sockets today; TCP/TLS next)."""

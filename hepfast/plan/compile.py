@@ -1,0 +1,315 @@
+"""Config to plan: every table of hepfast.plan.tables built from a validated Config, targets and
+listeners resolved to addresses. Raises ConfigError for what validation cannot know (transports not
+implemented yet, host names that do not resolve)."""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import itertools
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import msgspec
+import numpy as np
+
+from hepfast.config import (
+    MATCH_KEYS,
+    Config,
+    ConfigError,
+    as_list,
+    parse_cidr,
+    parse_hostport,
+    parse_ip_proto,
+    parse_proto_type,
+    parse_range,
+    parse_sip_status,
+)
+from hepfast.plan.tables import (
+    CAPTURE_ID,
+    CIDR_KEYS,
+    CONTINUE,
+    DROP,
+    DST_PORT,
+    HAS_REWRITE,
+    HAS_SAMPLE,
+    HASH_KEYS,
+    HEP_VERSION,
+    IP_FAMILY,
+    IP_PROTO,
+    KEY_NAMES,
+    LISTENER,
+    NEEDS_SIP,
+    NKEYS,
+    PROTO_TYPE,
+    SIP_KEYS,
+    SIP_STATUS,
+    SRC_PORT,
+    cidr_row,
+    hash_str,
+    sample_threshold,
+)
+from hepfast.wire import chunks
+
+# Transports the switch implements today; the schema accepts more (hepfast/config/).
+SUPPORTED_LISTENER_TRANSPORTS = ("udp",)
+SUPPORTED_DESTINATION_TRANSPORTS = ("udp",)
+_generation = itertools.count(1)
+
+assert KEY_NAMES == MATCH_KEYS, "match key order drifted from hepfast.config.Match"
+
+
+class Target(NamedTuple):
+    host: str           # as resolved: an IP literal
+    port: int
+    family: int         # socket.AF_INET or socket.AF_INET6
+    configured: str     # as written in the config ("homer1.example:9060")
+    seed: int           # rendezvous identity: hashing.target_seed of the configured host/port
+
+
+class DestInfo(NamedTuple):
+    name: str
+    mode: str
+    hep_version: int
+    transport: str
+    targets: tuple[Target, ...]
+    path: str | None
+    dsn: str | None
+
+
+class ListenerInfo(NamedTuple):
+    name: str
+    host: str
+    port: int
+    family: int
+    transport: str
+    auth_key: bytes         # b"": no auth check
+    allow: np.ndarray       # uint64[n, 4] CIDR rows of allowed senders (socket source address),
+                            # laid out as `cidrs`; n == 0: everyone
+    allow_fam: np.ndarray   # uint8[n]: 4 or 6, as cidr_fam (a v4-mapped sender counts as 4)
+
+
+@dataclass(frozen=True, eq=False)
+class Compiled:
+    nrules: int
+    rule_names: tuple[str, ...]
+    key_mask: np.ndarray
+    key_start: np.ndarray
+    key_count: np.ndarray
+    ranges: np.ndarray
+    cidrs: np.ndarray
+    cidr_fam: np.ndarray
+    flags: np.ndarray
+    fwd_start: np.ndarray
+    fwd_count: np.ndarray
+    fwd: np.ndarray
+    set_blob: np.ndarray
+    set_off: np.ndarray
+    set_len: np.ndarray
+    skip: np.ndarray
+    skip_start: np.ndarray
+    skip_count: np.ndarray
+    sample: np.ndarray
+    needs_sip: bool             # some rule has a sip_* key
+    needs_call_key: bool        # some rule samples
+    destinations: tuple[DestInfo, ...]
+    default_dest: int           # index into destinations, -1: drop
+    listeners: tuple[ListenerInfo, ...]
+    batch: int
+    workers: int
+    admin_listen: tuple[str, int]
+    generation: int             # increases with every compile in this process
+    digest: str                 # sha256 of the canonical config (comments/layout do not count)
+    config: Config
+
+    def dest_index(self, name: str) -> int:
+        for i, d in enumerate(self.destinations):
+            if d.name == name:
+                return i
+        raise KeyError(name)
+
+
+def _resolve(host: str, port: int, path: str, kind: int) -> tuple[str, int]:
+    try:
+        ip = ipaddress.ip_address(host)
+        return str(ip), socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=kind)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot resolve {host!r}: {exc}; use an IP address or fix DNS") from None
+    # Prefer IPv4 when a name has both, for predictable behaviour on dual-stack hosts.
+    infos.sort(key=lambda i: 0 if i[0] == socket.AF_INET else 1)
+    return infos[0][4][0], int(infos[0][0])
+
+
+# ---------------------------------------------------------------- compiling
+
+def compile_config(cfg: Config) -> Compiled:
+    """Compile a validated Config. Raises ConfigError for what validation cannot know: transports
+    the switch does not implement yet, and host names that do not resolve."""
+    for i, lst in enumerate(cfg.listeners):
+        if lst.transport not in SUPPORTED_LISTENER_TRANSPORTS:
+            raise ConfigError(f"listeners[{i}].transport",
+                              f"transport {lst.transport} is not supported yet (this version "
+                              f"listens on: {', '.join(SUPPORTED_LISTENER_TRANSPORTS)})")
+    for name, d in cfg.destinations.items():
+        if d.transport not in SUPPORTED_DESTINATION_TRANSPORTS:
+            raise ConfigError(f"destinations.{name}.transport",
+                              f"transport {d.transport} is not supported yet (this version sends "
+                              f"with: {', '.join(SUPPORTED_DESTINATION_TRANSPORTS)})")
+
+    from hepfast.wire.hashing import target_seed
+
+    dests = []
+    for name, d in cfg.destinations.items():
+        targets = []
+        for j, t in enumerate(d.targets):
+            host, port = parse_hostport(t)
+            rhost, fam = _resolve(host, port, f"destinations.{name}.targets[{j}]",
+                                  socket.SOCK_DGRAM)
+            targets.append(Target(rhost, port, fam, t, target_seed(host, port)))
+        dests.append(DestInfo(name, d.mode, d.hep_version, d.transport, tuple(targets),
+                              d.path, d.dsn))
+    dest_idx = {d.name: i for i, d in enumerate(dests)}
+    listeners = []
+    for i, lst in enumerate(cfg.listeners):
+        host, port = parse_hostport(lst.listen, allow_zero=True)
+        rhost, fam = _resolve(host, port, f"listeners[{i}].listen", socket.SOCK_DGRAM)
+        rows = [cidr_row(parse_cidr(c)) for c in lst.allow]
+        fams = [parse_cidr(c).version for c in lst.allow]
+        listeners.append(ListenerInfo(
+            lst.name, rhost, port, fam, lst.transport, lst.auth_key.encode(),
+            _ro(np.array(rows, dtype=np.uint64).reshape(len(rows), 4)),
+            _ro(np.array(fams, dtype=np.uint8))))
+    lst_idx = {lst.name: i for i, lst in enumerate(cfg.listeners)}
+
+    R = len(cfg.rules)
+    key_mask = np.zeros(R, np.uint32)
+    key_start = np.zeros((R, NKEYS), np.int32)
+    key_count = np.zeros((R, NKEYS), np.int32)
+    flags = np.zeros(R, np.uint32)
+    fwd_start = np.zeros(R, np.int32)
+    fwd_count = np.zeros(R, np.int32)
+    set_off = np.zeros(R, np.int32)
+    set_len = np.zeros(R, np.int32)
+    skip_start = np.zeros(R, np.int32)
+    skip_count = np.zeros(R, np.int32)
+    sample = np.zeros(R, np.uint64)
+    ranges: list[tuple[int, int]] = []
+    cidrs: list[tuple[int, int, int, int]] = []
+    cidr_fam: list[int] = []
+    fwd: list[int] = []
+    blob = bytearray()
+    skip: list[int] = []
+
+    for r, rule in enumerate(cfg.rules):
+        m = rule.match
+        for k, kname in enumerate(KEY_NAMES):
+            vals = as_list(getattr(m, kname))
+            if not vals:
+                continue
+            key_mask[r] |= 1 << k
+            if k in CIDR_KEYS:
+                key_start[r, k] = len(cidrs)
+                for v in vals:
+                    net = parse_cidr(v)
+                    cidrs.append(cidr_row(net))
+                    cidr_fam.append(net.version)
+            else:
+                key_start[r, k] = len(ranges)
+                ranges.extend(_value_ranges(k, vals, lst_idx))
+                if k in SIP_KEYS:
+                    flags[r] |= NEEDS_SIP
+            key_count[r, k] = (len(cidrs) if k in CIDR_KEYS else len(ranges)) - key_start[r, k]
+        if rule.drop:
+            flags[r] |= DROP
+        if rule.continue_:
+            flags[r] |= CONTINUE
+        fwd_start[r] = len(fwd)
+        fwd.extend(dest_idx[f] for f in rule.forward)
+        fwd_count[r] = len(rule.forward)
+        enc = b"".join(chunks.set_chunk(n, v) for n, v in rule.set.items())
+        keys = {(v << 16) | t for n in rule.delete for v, t in chunks.chunk_keys(n)}
+        for n in rule.set:
+            keys.update((v << 16) | t for v, t in chunks.chunk_keys(n))
+        keys.update(chunks.iter_setbuf_keys(enc))
+        set_off[r], set_len[r] = len(blob), len(enc)
+        blob += enc
+        skip_start[r], skip_count[r] = len(skip), len(keys)
+        skip.extend(sorted(keys))
+        if enc or keys:
+            flags[r] |= HAS_REWRITE
+        if rule.sample is not None and rule.sample < 1.0:
+            flags[r] |= HAS_SAMPLE
+            sample[r] = sample_threshold(rule.sample)
+
+    admin = parse_hostport(cfg.admin.listen, allow_zero=True)
+    default = -1 if cfg.switch.default == "drop" else dest_idx[cfg.switch.default]
+    return Compiled(
+        nrules=R,
+        rule_names=tuple(r.name for r in cfg.rules),
+        key_mask=_ro(key_mask), key_start=_ro(key_start), key_count=_ro(key_count),
+        ranges=_ro(np.array(ranges, dtype=np.uint64).reshape(len(ranges), 2)),
+        cidrs=_ro(np.array(cidrs, dtype=np.uint64).reshape(len(cidrs), 4)),
+        cidr_fam=_ro(np.array(cidr_fam, dtype=np.uint8)),
+        flags=_ro(flags), fwd_start=_ro(fwd_start), fwd_count=_ro(fwd_count),
+        fwd=_ro(np.array(fwd, dtype=np.int32)),
+        set_blob=_ro(np.frombuffer(bytes(blob), dtype=np.uint8).copy()),
+        set_off=_ro(set_off), set_len=_ro(set_len),
+        skip=_ro(np.array(skip, dtype=np.uint32)), skip_start=_ro(skip_start),
+        skip_count=_ro(skip_count), sample=_ro(sample),
+        needs_sip=bool(np.any(flags & NEEDS_SIP)),
+        needs_call_key=bool(np.any(flags & HAS_SAMPLE)),
+        destinations=tuple(dests), default_dest=default, listeners=tuple(listeners),
+        batch=cfg.switch.batch, workers=cfg.switch.workers, admin_listen=admin,
+        generation=next(_generation),
+        digest=hashlib.sha256(msgspec.json.encode(cfg)).hexdigest(),
+        config=cfg,
+    )
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+def _value_ranges(k: int, vals: list, lst_idx: Mapping[str, int]) -> list[tuple[int, int]]:
+    out = []
+    for v in vals:
+        if k == LISTENER:
+            i = lst_idx[v]
+            out.append((i, i))
+        elif k == HEP_VERSION:
+            out.append(parse_range(v, 1, 3, "HEP version"))
+        elif k == PROTO_TYPE:
+            n = parse_proto_type(v)
+            out.append((n, n))
+        elif k == IP_FAMILY:
+            n = int(v, 0) if isinstance(v, str) else int(v)
+            out.append((n, n))
+        elif k == IP_PROTO:
+            n = parse_ip_proto(v)
+            out.append((n, n))
+        elif k in (SRC_PORT, DST_PORT):
+            out.append(parse_range(v, 0, 65535, "port"))
+        elif k == CAPTURE_ID:
+            out.append(parse_range(v, 0, 0xFFFFFFFF, "capture id"))
+        elif k == SIP_STATUS:
+            out.append(parse_sip_status(v))
+        elif k in HASH_KEYS:
+            h = hash_str(k, v.encode())
+            out.append((h, h))
+        else:  # pragma: no cover - every key is handled above
+            raise AssertionError(k)
+    return out
+
+
+def compile_text(text: str, source: str = "<config>") -> Compiled:
+    """Parse, validate and compile config text (raises ConfigError naming the field)."""
+    from hepfast.config import parse_config
+
+    return compile_config(parse_config(text, source))

@@ -1,0 +1,63 @@
+"""describe(plan): the human listing `hepfast check` prints."""
+from __future__ import annotations
+
+from hepfast.config import as_list
+from hepfast.plan.compile import Compiled
+from hepfast.plan.tables import CONTINUE, DROP, HAS_SAMPLE, KEY_NAMES, NEEDS_SIP
+
+
+def describe(c: Compiled) -> str:
+    """A human listing of the compiled configuration."""
+    cfg = c.config
+    lines = [f"config {c.digest[:12]}: {c.workers} worker(s), batch {c.batch}, "
+             f"admin on {_hp(*c.admin_listen)}"]
+    lines.append("listeners:")
+    for i, lst in enumerate(c.listeners):
+        extra = []
+        if lst.auth_key:
+            extra.append("auth key set")
+        if len(lst.allow_fam):
+            extra.append("allow " + ", ".join(cfg.listeners[i].allow))
+        lines.append(f"  [{i}] {lst.name}: {lst.transport} {_hp(lst.host, lst.port)}"
+                     + (f" ({'; '.join(extra)})" if extra else ""))
+    lines.append("destinations:")
+    if not c.destinations:
+        lines.append("  (none)")
+    for i, d in enumerate(c.destinations):
+        where = ", ".join(_hp(t.host, t.port) + ("" if t.configured == _hp(t.host, t.port)
+                                                  else f" ({t.configured})")
+                          for t in d.targets) or (d.path or d.dsn or "")
+        lines.append(f"  [{i}] {d.name}: {d.transport} {d.mode} HEPv{d.hep_version} -> {where}")
+    lines.append(f"rules ({c.nrules}, first match wins unless continue):")
+    for r, rule in enumerate(cfg.rules):
+        f = int(c.flags[r])
+        conds = []
+        for k, kname in enumerate(KEY_NAMES):
+            if int(c.key_mask[r]) & (1 << k):
+                vals = as_list(getattr(rule.match, kname))
+                conds.append(f"{kname} in [{', '.join(str(v) for v in vals)}]")
+        what = " and ".join(conds) if conds else "every packet"
+        lines.append(f"  [{r}] {rule.name}: {what}")
+        acts = []
+        if f & DROP:
+            acts.append("drop")
+        if rule.forward:
+            acts.append("forward to " + ", ".join(rule.forward))
+        if rule.set:
+            acts.append("set " + ", ".join(f"{k}={v!r}" for k, v in rule.set.items()))
+        if rule.delete:
+            acts.append("delete " + ", ".join(str(d) for d in rule.delete))
+        if f & HAS_SAMPLE:
+            acts.append(f"sample {rule.sample:g} of calls")
+        if f & CONTINUE:
+            acts.append("continue")
+        if f & NEEDS_SIP:
+            acts.append("scans SIP")
+        lines.append("      -> " + "; ".join(acts))
+    dflt = "drop" if c.default_dest < 0 else c.destinations[c.default_dest].name
+    lines.append(f"default (no rule matched): {dflt}")
+    return "\n".join(lines)
+
+
+def _hp(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,131 @@
+"""Rule compilation: a validated `Config` into flat numpy tables for the data plane.
+
+The Cython loop reads these tables through raw pointers (ext/plan/matcher.pxd: `rules_bind`,
+`rule_match`); `match_rules` below is the pure-Python evaluator over the same tables, the oracle the
+tests compare the compiled one against (ext/plan/_matcher.pyx `evaluate`).
+
+Tables (R rules, K = NKEYS match keys; every array C-contiguous, read-only):
+- `key_mask` uint32[R]: bit k set when rule r tests key k (keys enumerated below; the same
+  constants are in ext/plan/matcher.pxd). A rule with mask 0 matches every packet.
+- `key_start`, `key_count` int32[R, K]: the values of key k for rule r are rows
+  key_start..key_start+key_count of `ranges` (numeric and string keys) or of `cidrs` (src_ip,
+  dst_ip). AND across keys, OR inside one key.
+- `ranges` uint64[N, 2]: inclusive (lo, hi). String keys are stored as (h, h) with h the FNV-1a
+  64 hash (hepfast.wire.hashing.hash64, ext/wire/hepwire.pxd hep_hash64) of the raw bytes; sip_method and
+  sip_ruri_domain are compared case-insensitively (ASCII letters folded to lower case on both
+  sides: methods are upper case by convention and host names are case-insensitive), every other
+  string exactly (Call-IDs, user parts, node names and correlation ids are case-sensitive).
+  A 64-bit hash collision could make a string match that should not: odds ~ n/2^64, accepted.
+- `cidrs` uint64[M, 4]: (net_hi, net_lo, mask_hi, mask_lo) over 128-bit addresses with IPv4 mapped
+  into ::ffff:0:0/96, and `cidr_fam` uint8[M] (4 or 6): a row only matches an address of its own
+  family, so "::/0" never takes IPv4 traffic and a v4 CIDR never matches an IPv6 packet (also not
+  an IPv4-mapped IPv6 address: the packet's family decides).
+- `flags` uint32[R]: DROP, CONTINUE, HAS_REWRITE, NEEDS_SIP (a sip_* key: the loop scans the SIP
+  payload only for rules with it), HAS_SAMPLE.
+- `fwd_start`, `fwd_count` int32[R] into `fwd` int32: destination indices (into `destinations`).
+- `set_blob` uint8 with `set_off`, `set_len` int32[R]: the rule's `set` chunks pre-encoded by
+  hepfast.wire.chunks.set_chunk, in config order, ready for hep_build_v3.
+- `skip` uint32 with `skip_start`, `skip_count` int32[R]: chunk keys (vendor << 16 | type) to
+  leave out when rewriting: the deleted keys plus the keys of the set chunks (set replaces), sorted.
+- `sample` uint64[R]: with HAS_SAMPLE, a packet is kept when mix64(sample key) < sample[r].
+
+Which value a key reads: listener = index of the receiving listener; hep_version = 1/2/3;
+ip_family = 4/6 (unknown: no match); src_ip/dst_ip = the address chunk of the packet's family;
+proto_type, ip_proto, ports, capture_id, node_name, correlation_id = the chunk's value (last one if
+repeated). A key whose chunk is absent does not match (absent is not zero, nor an empty string).
+SIP keys read the scanned SIP summary (`sip_info` in C, a mapping in Python); without one they do
+not match. sip_status of a request is 0, so it matches no status.
+
+Evaluation (`match_rules`): rules in order; a rule whose keys all match takes the packet. A DROP
+rule stops evaluation (packet dropped, reason "rule"). A HAS_SAMPLE rule that samples the packet
+out takes it and stops (reason "sample"). Otherwise the packet goes to the rule's forwards, with
+the rule's own set/delete applied to the copies it sends, and evaluation stops unless CONTINUE.
+A packet no rule takes goes to `default_dest` (-1: dropped, reason "no_route").
+
+Sampling keys on `sample_key_hash` (C: sample_key): the hash of HepPacket.call_key() (C:
+call_key_hash), the SIP Call-ID for SIP packets, else the correlation-id chunk; a packet without
+a call key is sampled by its flow (addresses and ports), so a flow is kept or dropped whole. SIP summaries come from hepfast.wire.sip.sip_fields (`sip_info_of`); its text values
+are UTF-8 decoded with replacement, so the oracle differs from C only on non-UTF-8 SIP fields.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from hepfast.wire.hashing import hash64
+
+# Match keys, in table order (ext/plan/matcher.pxd repeats these numbers: keep them in step).
+LISTENER = 0
+HEP_VERSION = 1
+PROTO_TYPE = 2
+IP_FAMILY = 3
+IP_PROTO = 4
+SRC_IP = 5
+DST_IP = 6
+SRC_PORT = 7
+DST_PORT = 8
+CAPTURE_ID = 9
+NODE_NAME = 10
+CORRELATION_ID = 11
+SIP_METHOD = 12
+SIP_STATUS = 13
+SIP_CALL_ID = 14
+SIP_FROM_USER = 15
+SIP_TO_USER = 16
+SIP_RURI_USER = 17
+SIP_RURI_DOMAIN = 18
+NKEYS = 19
+
+KEY_NAMES = (
+    "listener", "hep_version", "proto_type", "ip_family", "ip_proto", "src_ip", "dst_ip",
+    "src_port", "dst_port", "capture_id", "node_name", "correlation_id", "sip_method",
+    "sip_status", "sip_call_id", "sip_from_user", "sip_to_user", "sip_ruri_user",
+    "sip_ruri_domain",
+)
+CIDR_KEYS = frozenset((SRC_IP, DST_IP))
+HASH_KEYS = frozenset((NODE_NAME, CORRELATION_ID, SIP_METHOD, SIP_CALL_ID, SIP_FROM_USER,
+                       SIP_TO_USER, SIP_RURI_USER, SIP_RURI_DOMAIN))
+FOLDED_KEYS = frozenset((SIP_METHOD, SIP_RURI_DOMAIN))
+SIP_KEYS = frozenset(range(SIP_METHOD, SIP_RURI_DOMAIN + 1))
+# The SIP summary field each SIP key reads (C: sip_info member of the same name).
+# The SIP summary field each SIP key reads: hepfast.wire.sip.sip_fields names (C: the sip_info
+# members without the "sip_" prefix).
+SIP_FIELD = {k: KEY_NAMES[k] for k in SIP_KEYS}
+
+# Rule flags (ext/plan/matcher.pxd: RF_*).
+DROP = 1
+CONTINUE = 2
+HAS_REWRITE = 4
+NEEDS_SIP = 8
+HAS_SAMPLE = 16
+
+_MASK64 = (1 << 64) - 1
+_V4_MAPPED_HI = 0
+_V4_MAPPED_LO = 0x0000FFFF00000000
+
+
+def hash_str(key: int, value: bytes) -> int:
+    """The table hash of a string key's value (folded for case-insensitive keys)."""
+    return hash64(value.lower() if key in FOLDED_KEYS else value)
+
+
+def addr128(raw: bytes) -> tuple[int, int]:
+    """(hi, lo) of a 4- or 16-byte address; IPv4 mapped into ::ffff:0:0/96."""
+    if len(raw) == 4:
+        return _V4_MAPPED_HI, _V4_MAPPED_LO | int.from_bytes(raw, "big")
+    n = int.from_bytes(raw, "big")
+    return n >> 64, n & _MASK64
+
+
+def cidr_row(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int, int]:
+    if net.version == 4:
+        prefix = 96 + net.prefixlen
+        hi, lo = addr128(net.network_address.packed)
+    else:
+        prefix = net.prefixlen
+        hi, lo = addr128(net.network_address.packed)
+    mask = ((1 << 128) - 1) ^ ((1 << (128 - prefix)) - 1)
+    return hi, lo, mask >> 64, mask & _MASK64
+
+
+def sample_threshold(fraction: float) -> int:
+    return max(1, min(_MASK64, int(fraction * 2.0 ** 64)))

@@ -1,0 +1,109 @@
+"""The slow-path view of one HEP message, shared by the compiled and pure-Python codecs.
+
+The data plane never builds one of these: it works on `hep_pkt` structs (ext/wire/hepwire.pxd). Tests,
+the CLI and the control plane use HepPacket; both codecs must build equal ones for equal input.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from hepfast.wire import reasons
+
+
+class HepError(ValueError):
+    """A message that does not parse; `reason` is the code, `name` its metrics label."""
+
+    def __init__(self, reason: int, detail: str = ""):
+        self.reason = reason
+        self.name = reasons.invalid_name(reason)
+        super().__init__(f"invalid HEP ({self.name}){': ' + detail if detail else ''}")
+
+
+# The keys of `hepfast decode` (design.md section 3, a contract), in order.
+DECODE_KEYS = (
+    "version", "proto_family", "proto_id", "src_ip", "dst_ip", "src_port", "dst_port",
+    "timestamp", "timestamp_us", "proto_type", "capture_id", "auth_key", "correlation_id",
+    "node_name", "payload_len",
+)
+
+
+def _text(b: bytes | None) -> str | None:
+    return None if b is None else b.decode("utf-8", "replace")
+
+
+def _ip(b: bytes | None) -> str | None:
+    if b is None:
+        return None
+    return str(ipaddress.ip_address(b)) if len(b) in (4, 16) else None
+
+
+@dataclass(eq=True)
+class HepPacket:
+    version: int
+    total: int
+    proto_family: int | None = None      # the sender's family byte (2, 10...)
+    family: int | None = None            # 4 or 6 as the codec understood it
+    proto_id: int | None = None
+    src_addr: bytes | None = None        # 4 or 16 raw bytes
+    dst_addr: bytes | None = None
+    src_port: int | None = None
+    dst_port: int | None = None
+    timestamp: int | None = None
+    timestamp_us: int | None = None
+    proto_type: int | None = None
+    capture_id: int | None = None
+    auth_key_raw: bytes | None = None
+    correlation_id_raw: bytes | None = None
+    node_name_raw: bytes | None = None
+    payload: bytes = b""
+    compressed: bool = False             # payload came from 0x0010 (compressed) only
+    chunks: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+    @property
+    def src_ip(self) -> str | None:
+        return _ip(self.src_addr)
+
+    @property
+    def dst_ip(self) -> str | None:
+        return _ip(self.dst_addr)
+
+    @property
+    def auth_key(self) -> str | None:
+        return _text(self.auth_key_raw)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return _text(self.correlation_id_raw)
+
+    @property
+    def node_name(self) -> str | None:
+        return _text(self.node_name_raw)
+
+    def chunk(self, vendor: int, ctype: int) -> bytes | None:
+        """Body of the last chunk with this key (duplicates: last wins), or None."""
+        found = None
+        for v, t, b in self.chunks:
+            if v == vendor and t == ctype:
+                found = b
+        return found
+
+    def call_key(self) -> bytes | None:
+        """The call key: the SIP Call-ID for SIP, else the correlation id."""
+        if self.proto_type == 1 and self.payload and not self.compressed:
+            from hepfast.wire.sip import call_id
+
+            cid = call_id(self.payload)
+            if cid:
+                return cid
+        return self.correlation_id_raw or None
+
+    def to_dict(self) -> dict:
+        """The JSON object of `hepfast decode` (absent chunks are None)."""
+        d = {k: getattr(self, k) for k in DECODE_KEYS if k != "payload_len"}
+        d["payload_len"] = len(self.payload)
+        if self.proto_type == 1 and self.payload and not self.compressed:
+            from hepfast.wire.sip import sip_summary
+
+            d.update(sip_summary(self.payload))
+        return d
