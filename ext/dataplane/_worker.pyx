@@ -12,7 +12,8 @@ Ownership and invariants:
 - `run()` holds the GIL only between batches; per packet it touches C structs alone (no Python
   object, no allocation). It returns to Python every `slice_ms` so the process can see signals,
   reloads and write its heartbeat.
-- Counters are the worker's own row of the shared block (hepfast/dataplane/counters.py offsets), one writer.
+- Counters are the worker's own row of the shared block (layout: hepfast/constants.py), one
+  writer.
 - Tables (rules, destinations) are swapped by `bind()` between two `run()` calls; the listening
   sockets are not touched, so the kernel queues packets while a reload compiles.
 """
@@ -38,42 +39,12 @@ from netsys cimport (
     MSG_DONTWAIT, MSG_WAITFORONE, SOL_SOCKET, SO_RXQ_OVFL, SO_ERROR, AF_INET, AF_INET6, POLLIN,
 )
 
-DEF SLOT = 65536
-DEF MAX_LISTENERS = 16
+from constants cimport *    # reason codes, modes, counter layout, capacities (generated)
+from constants cimport constants
+
+CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
+
 DEF CTRL = 64
-DEF MAX_SKIP = 256
-
-# Counter offsets: must equal hepfast/dataplane/counters.py (checked at bind time).
-DEF H_HEARTBEAT = 1
-DEF H_BATCHES = 3
-DEF H_DATAGRAMS = 4
-DEF H_COPIES = 5
-DEF H_ROUTED = 6
-DEF HEADER = 16
-DEF OFF_RECEIVED = HEADER
-DEF OFF_INVALID = OFF_RECEIVED + 16 * 256
-DEF OFF_OVERFLOW = OFF_INVALID + 16 * 8
-DEF OFF_RULE = OFF_OVERFLOW + 16
-DEF OFF_DROP = OFF_RULE + 256
-DEF OFF_FORWARDED = OFF_DROP + 8
-DEF OFF_SEND_ERR = OFF_FORWARDED + 256
-DEF OFF_LAST_ERR = OFF_SEND_ERR + 256
-DEF OFF_LAST_OK = OFF_LAST_ERR + 256
-DEF STRIDE = OFF_LAST_OK + 256
-
-DEF R_AUTH = 6
-DEF R_ACL = 7
-DEF D_RULE = 0
-DEF D_NO_ROUTE = 1
-DEF D_SAMPLE = 2
-DEF D_QUEUE_FULL = 4
-DEF D_SEND_ERROR = 5
-
-DEF M_HASH = 0
-DEF M_ALL = 1
-DEF M_FAILOVER = 2
-DEF M_ROUNDROBIN = 3
-
 
 DEF DOWN_NS = 1000000000
 
@@ -177,13 +148,13 @@ cdef class Worker:
             self.listeners[i].fd = fd
             self.pfds[i].fd = fd
             self.pfds[i].events = POLLIN
-        self.arena = <uint8_t *>malloc(<size_t>batch * SLOT)
+        self.arena = <uint8_t *>malloc(<size_t>batch * SLOT_BYTES)
         self.rmsgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
         self.riov = <iovec *>calloc(batch, sizeof(iovec))
         self.raddr = <sockaddr_storage *>calloc(batch, sizeof(sockaddr_storage))
         self.rctrl = <uint8_t *>calloc(batch, CTRL)
         # Room for a full batch of maximal rewrites plus conversions; flushed when it runs low.
-        self.scratch_cap = 4 * SLOT + <Py_ssize_t>batch * 2048
+        self.scratch_cap = 4 * SLOT_BYTES + <Py_ssize_t>batch * 2048
         self.scratch = <uint8_t *>malloc(self.scratch_cap)
         if not (self.arena and self.rmsgs and self.riov and self.raddr and self.rctrl
                 and self.scratch):
@@ -191,8 +162,8 @@ cdef class Worker:
         # Receive headers point at fixed slots for the worker's life; run() only resets the
         # fields the kernel changed.
         for i in range(batch):
-            self.riov[i].iov_base = self.arena + <Py_ssize_t>i * SLOT
-            self.riov[i].iov_len = SLOT
+            self.riov[i].iov_base = self.arena + <Py_ssize_t>i * SLOT_BYTES
+            self.riov[i].iov_len = SLOT_BYTES
             self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
             self.rmsgs[i].msg_hdr.msg_iovlen = 1
             self.rmsgs[i].msg_hdr.msg_name = &self.raddr[i]
@@ -425,7 +396,7 @@ cdef class Worker:
         cdef uint8_t *dst
         cdef hep_pkt p2
         cdef int rewrite = r >= 0 and (self.rt.flags[r] & RF_HAS_REWRITE)
-        if self.scratch_cap - self.scratch_pos < 2 * SLOT:
+        if self.scratch_cap - self.scratch_pos < 2 * SLOT_BYTES:
             self._flush_all()
         dst = self.scratch + self.scratch_pos
         cap = self.scratch_cap - self.scratch_pos
@@ -521,7 +492,7 @@ cdef class Worker:
         self.now = now
         self.ctr[H_DATAGRAMS] += nmsg
         for i in range(nmsg):
-            buf = self.arena + <Py_ssize_t>i * SLOT
+            buf = self.arena + <Py_ssize_t>i * SLOT_BYTES
             # Kernel drop counter (SO_RXQ_OVFL) rides on each datagram: keep the latest.
             cm = CMSG_FIRSTHDR(&self.rmsgs[i].msg_hdr)
             while cm != NULL:
@@ -529,15 +500,15 @@ cdef class Worker:
                     memcpy(&lst.ovfl_seen, CMSG_DATA(cm), 4)
                 cm = CMSG_NXTHDR(&self.rmsgs[i].msg_hdr, cm)
             rc = hep_parse(buf, self.rmsgs[i].msg_len, &p)
-            if rc == HEP_OK and lst.has_auth and (
+            if rc == R_OK and lst.has_auth and (
                     p.auth_len != lst.auth_len
                     or not (p.present & ((<uint64_t>1) << CH_AUTH))
                     or memcmp(buf + p.auth_off, lst.auth, lst.auth_len) != 0):
                 rc = R_AUTH
-            if rc == HEP_OK and not self._allowed(lst, &self.raddr[i]):
+            if rc == R_OK and not self._allowed(lst, &self.raddr[i]):
                 rc = R_ACL
-            if rc != HEP_OK:
-                self.ctr[OFF_INVALID + li * 8 + rc] += 1
+            if rc != R_OK:
+                self.ctr[OFF_INVALID + li * N_INVALID + rc] += 1
                 continue
             self.ctr[OFF_RECEIVED + li * 256 + p.proto_type] += 1
             have_key = 0

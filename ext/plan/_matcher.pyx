@@ -8,11 +8,14 @@ compare it with. Cold path: it binds the tables on every call.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
-from hepwire cimport hep_pkt, hep_parse, HEP_OK
+from hepwire cimport hep_pkt, hep_parse, R_OK
 from sipscan cimport sip_info, sip_scan
 from matcher cimport (rule_tables, rules_bind, rule_match, rule_sample_keep, call_key_hash,
                       sample_key, pkt_is_sip, cidr_match, hash64_lower, RF_DROP, RF_CONTINUE,
                       RF_HAS_SAMPLE)
+from constants cimport constants
+
+CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
 
 
 cdef const uint8_t *_buf(bytes data):
@@ -33,7 +36,7 @@ def evaluate(compiled, bytes data not None, uint32_t listener):
     cdef int rc
     rules_bind(&t, compiled)
     rc = hep_parse(buf, len(data), &p)
-    if rc != HEP_OK:
+    if rc != R_OK:
         raise ValueError(f"invalid HEP message (reason {rc})")
     if t.needs_sip and pkt_is_sip(&p):
         if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
@@ -60,7 +63,7 @@ def call_hash(bytes data not None):
     cdef hep_pkt p
     cdef uint64_t h = 0
     cdef const uint8_t *buf = _buf(data)
-    if hep_parse(buf, len(data), &p) != HEP_OK:
+    if hep_parse(buf, len(data), &p) != R_OK:
         raise ValueError("invalid HEP message")
     if call_key_hash(&p, buf, &h):
         return h
@@ -71,7 +74,7 @@ def sample_hash(bytes data not None):
     """sample_key of a message: the call key's hash, or its flow hash when it has none."""
     cdef hep_pkt p
     cdef const uint8_t *buf = _buf(data)
-    if hep_parse(buf, len(data), &p) != HEP_OK:
+    if hep_parse(buf, len(data), &p) != R_OK:
         raise ValueError("invalid HEP message")
     return sample_key(&p, buf)
 

@@ -1,9 +1,10 @@
 # cython: language_level=3
 #
-# rules: the compiled rule tables (hepfast/plan/) at C level, and the per-packet match.
-# Inline, compiled into each user (ext/dataplane/_worker.pyx, ext/plan/_matcher.pyx). The module docstring of
-# hepfast/plan/ is the reference for the table layout and the evaluation semantics; the
-# pure-Python evaluator there (match_rules) is the oracle tests/test_rules.py compares this with.
+# matcher: the compiled rule tables (hepfast/plan/) at C level, and the per-packet match.
+# Inline, compiled into each user (ext/dataplane/_worker.pyx, ext/plan/_matcher.pyx). The module
+# docstring of hepfast/plan/tables.py is the reference for the table layout and the evaluation
+# semantics; the pure-Python evaluator hepfast/plan/oracle.py (match_rules) is the oracle
+# tests/test_rules.py compares this with.
 #
 # Invariants:
 # - `rules_bind` (cold, with the GIL) only takes pointers into the numpy arrays of a
@@ -14,7 +15,7 @@
 #   once by rules_bind (key_start + key_count within the value tables).
 # - SIP windows of `sip_info` are relative to the payload (buf + p.payload_off), as sip_scan
 #   returns them; a NULL sip_info means "no SIP summary": SIP keys do not match.
-# - Key numbers and flag bits repeat hepfast/plan/: keep them in step (tests check).
+# - Key numbers and flag bits come from hepfast/constants.py (ext/generated/constants.pxd).
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, uintptr_t
 
@@ -23,36 +24,12 @@ from hepwire cimport (hep_pkt, hep_rd32, hep_hash64, hep_mix64, CH_PTYPE, CH_PRO
                       CH_PAYLOAD)
 from sipscan cimport sip_info, sip_call_id
 
-# Match keys (hepfast/plan/: LISTENER .. SIP_RURI_DOMAIN).
-cdef enum:
-    K_LISTENER = 0
-    K_HEP_VERSION = 1
-    K_PROTO_TYPE = 2
-    K_IP_FAMILY = 3
-    K_IP_PROTO = 4
-    K_SRC_IP = 5
-    K_DST_IP = 6
-    K_SRC_PORT = 7
-    K_DST_PORT = 8
-    K_CAPTURE_ID = 9
-    K_NODE_NAME = 10
-    K_CORRELATION_ID = 11
-    K_SIP_METHOD = 12
-    K_SIP_STATUS = 13
-    K_SIP_CALL_ID = 14
-    K_SIP_FROM_USER = 15
-    K_SIP_TO_USER = 16
-    K_SIP_RURI_USER = 17
-    K_SIP_RURI_DOMAIN = 18
-    NKEYS = 19
-
-# Rule flags (hepfast/plan/: DROP .. HAS_SAMPLE).
-cdef enum:
-    RF_DROP = 1
-    RF_CONTINUE = 2
-    RF_HAS_REWRITE = 4
-    RF_NEEDS_SIP = 8
-    RF_HAS_SAMPLE = 16
+from constants cimport (
+    K_LISTENER, K_HEP_VERSION, K_PROTO_TYPE, K_IP_FAMILY, K_IP_PROTO, K_SRC_IP, K_DST_IP,
+    K_SRC_PORT, K_DST_PORT, K_CAPTURE_ID, K_NODE_NAME, K_CORRELATION_ID, K_SIP_METHOD,
+    K_SIP_STATUS, K_SIP_CALL_ID, K_SIP_FROM_USER, K_SIP_TO_USER, K_SIP_RURI_USER,
+    K_SIP_RURI_DOMAIN, NKEYS, RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_NEEDS_SIP, RF_HAS_SAMPLE,
+)
 
 cdef extern from *:
     int __builtin_ctz(unsigned int x) noexcept nogil

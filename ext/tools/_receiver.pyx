@@ -16,11 +16,14 @@ from libc.errno cimport errno, EAGAIN, EINTR
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_REALTIME
 from posix.uio cimport iovec
 
-from hepwire cimport hep_pkt, hep_parse, HEP_OK
+from hepwire cimport hep_pkt, hep_parse, R_OK
 
 import numpy as np
 
 from netsys cimport mmsghdr, pollfd, recvmmsg, poll, MSG_DONTWAIT, POLLIN
+from constants cimport constants
+
+CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
 
 cdef enum:
     SLOT = 65536
@@ -63,7 +66,7 @@ def peek(data):
     cdef int r = 1
     if v.shape[0]:
         r = hep_parse(&v[0], v.shape[0], &p)
-    if r != HEP_OK:
+    if r != R_OK:
         return (r, 0, 0, 0, 0, 0)
     return (0, p.version, p.proto_type, p.capture_id, p.ts_sec, p.ts_usec)
 
@@ -129,7 +132,7 @@ cdef class Receiver:
         if self._tot[T_FIRST_NS] == 0:
             self._tot[T_FIRST_NS] = now_rt
         self._tot[T_LAST_NS] = now_rt
-        if hep_parse(buf, n, &p) != HEP_OK:
+        if hep_parse(buf, n, &p) != R_OK:
             self._tot[T_INVALID] += 1
             return
         self._ptype[p.proto_type] += 1

@@ -28,6 +28,9 @@ from hepwire cimport hep_wr32, hep_wr32le
 
 
 from netsys cimport mmsghdr, sendmmsg, send, MSG_NOSIGNAL
+from constants cimport constants
+
+CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
 
 cdef extern from "<time.h>" nogil:
     int TIMER_ABSTIME

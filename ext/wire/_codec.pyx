@@ -1,14 +1,17 @@
 # cython: language_level=3
 """Compiled HEP codec: the Python-callable face of ext/wire/hepwire.pxd.
 
-Same functions and results as hepfast/wire/pycodec.py (the reference). The per-packet work happens in
-the inline C functions of hepwire.pxd; this module only adds the slow-path view (HepPacket) and the
-batch entry points the benchmarks use. Buffers are borrowed through memoryviews, never copied
-except to build return values.
+Same functions and results as hepfast/wire/pycodec.py (the reference). The per-packet work
+happens in the inline C functions of hepwire.pxd; this module only adds the slow-path view
+(HepPacket) and the batch entry points the benchmarks use. Buffers are borrowed through
+memoryviews, never copied except to build return values.
 """
 from libc.stdint cimport uint8_t, uint32_t, int64_t
 from libc.stdlib cimport malloc, free
 from hepwire cimport *
+from constants cimport constants
+
+CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
 
 from hepfast.wire.packet import HepError, HepPacket
 
@@ -27,7 +30,7 @@ cdef const uint8_t *_parsed(const uint8_t[::1] mv, hep_pkt *p) except NULL:
     """Parse mv into p; raise HepError with the reason when it does not parse."""
     cdef const uint8_t *buf = _ptr(mv)
     cdef int r = hep_parse(buf, mv.shape[0], p)
-    if r != HEP_OK:
+    if r != R_OK:
         raise HepError(r)
     return buf
 
@@ -138,7 +141,7 @@ def rewrite(data, setbuf=b"", skip=(), int version=3):
     try:
         n = hep_build_v3(buf, &p, _ptr(sb), sb.shape[0], keys, nkeys, scratch, SCRATCH)
         if n < 0:
-            raise HepError(HEP_LENGTH, "rewritten packet exceeds 65535 bytes")
+            raise HepError(R_LENGTH, "rewritten packet exceeds 65535 bytes")
         if version != 2:
             return scratch[:n]
         hep_parse(scratch, n, &p2)
@@ -152,8 +155,8 @@ def rewrite(data, setbuf=b"", skip=(), int version=3):
 
 cdef object _v2_error(hep_pkt *p):
     if p.family == 0:
-        return HepError(HEP_VERSION, "no address family: cannot express as HEPv2")
-    return HepError(HEP_LENGTH, "HEPv2 form exceeds 65535 bytes")
+        return HepError(R_VERSION, "no address family: cannot express as HEPv2")
+    return HepError(R_LENGTH, "HEPv2 form exceeds 65535 bytes")
 
 
 def to_v2(data):
@@ -192,7 +195,7 @@ def parse_batch(buf, const int64_t[::1] offsets, const int64_t[::1] lengths,
         for i in range(n):
             r = hep_parse(base + offsets[i], lengths[i], &p)
             reasons_out[i] = <uint8_t>r
-            ok += r == HEP_OK
+            ok += r == R_OK
     return ok
 
 
@@ -219,7 +222,7 @@ def rewrite_batch(buf, const int64_t[::1] offsets, const int64_t[::1] lengths, s
             raise ValueError(f"packet {i} lies outside the buffer")
     with nogil:
         for i in range(n):
-            if hep_parse(base + offsets[i], lengths[i], &p) != HEP_OK:
+            if hep_parse(base + offsets[i], lengths[i], &p) != R_OK:
                 continue
             if out.shape[0] - pos <= 0:
                 break

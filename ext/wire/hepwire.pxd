@@ -6,14 +6,15 @@
 # Invariants:
 # - `hep_parse` reads only `buf[0:n]`; it never writes to the buffer and never copies it. It fills
 #   a `hep_pkt` of decoded fixed fields and (offset, length) windows of the variable ones, and
-#   returns a reason code (HEP_OK or one of the HEP_* reasons); it cannot raise.
+#   returns a reason code (R_OK or one of the HEP_* reasons); it cannot raise.
 # - Offsets in `hep_pkt` are relative to the start of the packet buffer given to hep_parse.
 # - `hep_build_v3` / `hep_build_v2` write only `out[0:cap]` and return the new length or -1.
-# - Reason codes are mapped to names in one place: hepfast/wire/reasons.py (same names as the metrics'
-#   `reason` label).
+# - Reason codes come from hepfast/constants.py (generated into ext/generated/constants.pxd);
+#   their names are the metrics' `reason` label.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcpy, memcmp, memset
+from constants cimport R_OK, R_SHORT, R_MAGIC, R_LENGTH, R_CHUNK, R_VERSION, hep_fixed_size
 
 cdef extern from "hepbytes.h":
     uint16_t hep_rd16(const uint8_t *p) noexcept nogil
@@ -24,15 +25,6 @@ cdef extern from "hepbytes.h":
     void hep_wr32(uint8_t *p, uint32_t v) noexcept nogil
     void hep_wr32le(uint8_t *p, uint32_t v) noexcept nogil
     void hep_wr16le(uint8_t *p, uint16_t v) noexcept nogil
-
-# Reason codes (0 = parsed). Names live in hepfast/wire/reasons.py.
-cdef enum:
-    HEP_OK = 0
-    HEP_SHORT = 1
-    HEP_MAGIC = 2
-    HEP_LENGTH = 3
-    HEP_CHUNK = 4
-    HEP_VERSION = 5
 
 # Generic chunk type ids used by the switch.
 cdef enum:
@@ -83,22 +75,6 @@ ctypedef struct hep_pkt:
     uint32_t node_len
 
 
-cdef inline int hep_fixed_size(uint16_t t) noexcept nogil:
-    """Exact body size of a fixed-width generic chunk, or -1 for variable-size/unknown types."""
-    if t == 1 or t == 2 or t == 0x0b or t == 0x17 or t == 0x18:
-        return 1
-    if t == 7 or t == 8 or t == 0x0d or t == 0x12 or t == 0x16 or t == 0x20 or t == 0x21 \
-            or t == 0x27 or t == 0x28:
-        return 2
-    if t == 3 or t == 4 or t == 9 or t == 0x0a or t == 0x0c or t == 0x23:
-        return 4
-    if t == 5 or t == 6:
-        return 16
-    if t == 0x14 or t == 0x15:
-        return 8
-    return -1
-
-
 cdef inline uint8_t hep_family_of(uint8_t raw) noexcept nogil:
     # 2 = AF_INET everywhere; IPv6 is 10 on Linux, 24/28/30 on the BSDs and macOS.
     if raw == 2:
@@ -114,21 +90,21 @@ cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexc
     cdef int fs
     cdef const uint8_t *body
     if n < 6:
-        return HEP_SHORT
+        return R_SHORT
     total = hep_rd16(buf + 4)
     if total < 6 or total > n:
-        return HEP_LENGTH
+        return R_LENGTH
     p.total = total
     p.version = 3
     pos = 6
     while pos < total:
         if total - pos < 6:
-            return HEP_CHUNK
+            return R_CHUNK
         vendor = hep_rd16(buf + pos)
         ctype = hep_rd16(buf + pos + 2)
         clen = hep_rd16(buf + pos + 4)
         if clen < 6 or clen > total - pos:
-            return HEP_CHUNK
+            return R_CHUNK
         blen = clen - 6
         body = buf + pos + 6
         p.nchunks += 1
@@ -137,7 +113,7 @@ cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexc
         elif ctype < 64:
             fs = hep_fixed_size(ctype)
             if fs >= 0 and <uint32_t>fs != blen:
-                return HEP_CHUNK
+                return R_CHUNK
             p.present |= (<uint64_t>1) << ctype
             if ctype == CH_FAMILY:
                 p.family_raw = body[0]
@@ -187,7 +163,7 @@ cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexc
             p.family = 6
         elif p.present & (((<uint64_t>1) << CH_SRC4) | ((<uint64_t>1) << CH_DST4)):
             p.family = 4
-    return HEP_OK
+    return R_OK
 
 
 cdef inline int hep_parse_v12(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
@@ -196,16 +172,16 @@ cdef inline int hep_parse_v12(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noex
     cdef Py_ssize_t alen, hdr
     cdef uint8_t fam
     if n < 4:
-        return HEP_SHORT
+        return R_SHORT
     if n > 65535:
-        return HEP_LENGTH
+        return R_LENGTH
     fam = hep_family_of(buf[2])
     if fam == 0:
-        return HEP_VERSION
+        return R_VERSION
     alen = 4 if fam == 4 else 16
     hdr = 8 + 2 * alen + (12 if buf[0] == 2 else 0)
     if n < hdr:
-        return HEP_SHORT
+        return R_SHORT
     p.version = buf[0]
     p.total = <uint32_t>n
     p.family = fam
@@ -234,23 +210,23 @@ cdef inline int hep_parse_v12(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noex
     p.present |= (<uint64_t>1) << CH_PTYPE
     p.payload_off = <uint32_t>hdr
     p.payload_len = <uint32_t>(n - hdr)
-    return HEP_OK
+    return R_OK
 
 
 cdef inline int hep_parse(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
-    """Parse one HEP message held in buf[0:n]. Returns HEP_OK or a reason code."""
+    """Parse one HEP message held in buf[0:n]. Returns R_OK or a reason code."""
     memset(p, 0, sizeof(hep_pkt))
     if n < 4:
-        return HEP_SHORT
+        return R_SHORT
     if buf[0] == 0x48 and buf[1] == 0x45 and buf[2] == 0x50:
         if buf[3] == 0x33:
             return hep_parse_v3(buf, n, p)
-        return HEP_VERSION          # "HEP1", "HEP2", "HEP4"...: HEP, but not a version we speak
+        return R_VERSION          # "HEP1", "HEP2", "HEP4"...: HEP, but not a version we speak
     if buf[0] == 0x45 and buf[1] == 0x45 and buf[2] == 0x50:
-        return HEP_VERSION          # "EEP1"/"EEP3" of the 2013 draft: nobody sends it as HEPv3
+        return R_VERSION          # "EEP1"/"EEP3" of the 2013 draft: nobody sends it as HEPv3
     if buf[0] == 1 or buf[0] == 2:
         return hep_parse_v12(buf, n, p)
-    return HEP_MAGIC
+    return R_MAGIC
 
 
 cdef inline uint64_t hep_hash64(const uint8_t *s, Py_ssize_t n) noexcept nogil:

@@ -13,34 +13,42 @@ import mmap
 
 import numpy as np
 
-MAX_LISTENERS = 16
-MAX_RULES = 256
-MAX_TARGETS = 256
-N_INVALID = 8          # hepfast.wire.reasons.INVALID_NAMES
-N_DROP = 8             # hepfast.wire.reasons.DROP_NAMES (+ spare)
+from hepfast.constants import (  # noqa: F401 - the layout, re-exported for the control plane
+    H_BATCHES,
+    H_COPIES,
+    H_DATAGRAMS,
+    H_DRAIN_LEFT,
+    H_GENERATION,
+    H_HEARTBEAT,
+    H_PID,
+    H_REFUSED,
+    H_RESTARTS,
+    H_ROUTED,
+    H_STATE,
+    HEADER,
+    MAX_DEST_SLOTS,
+    MAX_LISTENERS,
+    MAX_RULE_SLOTS,
+    MAX_TARGET_SLOTS,
+    N_DROP,
+    N_INVALID,
+    OFF_DEST_DROP,
+    OFF_DROP,
+    OFF_FORWARDED,
+    OFF_INVALID,
+    OFF_LAST_ERR,
+    OFF_LAST_OK,
+    OFF_OVERFLOW,
+    OFF_QUEUED,
+    OFF_RECEIVED,
+    OFF_RULE,
+    OFF_SEND_ERR,
+    STRIDE,
+)
 
-# header words
-H_PID = 0
-H_HEARTBEAT = 1        # CLOCK_MONOTONIC ns of the last loop iteration
-H_GENERATION = 2       # config generation the worker runs
-H_BATCHES = 3          # recvmmsg calls that returned packets
-H_DATAGRAMS = 4        # datagrams read, valid or not
-H_COPIES = 5           # copies queued for sending (fan-out counts each)
-H_ROUTED = 6           # accepted packets that at least one rule or the default forwarded
-H_STATE = 7            # 0 starting, 1 running, 2 draining, 3 exited
-H_RESTARTS = 8         # (row 0 only) workers replaced after a crash
-HEADER = 16
-
-OFF_RECEIVED = HEADER                                   # [listener][proto_type 0..255]
-OFF_INVALID = OFF_RECEIVED + MAX_LISTENERS * 256        # [listener][reason]
-OFF_OVERFLOW = OFF_INVALID + MAX_LISTENERS * N_INVALID  # [listener] SO_RXQ_OVFL
-OFF_RULE = OFF_OVERFLOW + MAX_LISTENERS                 # [rule slot]
-OFF_DROP = OFF_RULE + MAX_RULES                         # [drop reason]
-OFF_FORWARDED = OFF_DROP + N_DROP                       # [target slot]
-OFF_SEND_ERR = OFF_FORWARDED + MAX_TARGETS              # [target slot]
-OFF_LAST_ERR = OFF_SEND_ERR + MAX_TARGETS               # [target slot] monotonic ns of last error
-OFF_LAST_OK = OFF_LAST_ERR + MAX_TARGETS                # [target slot] monotonic ns of last send
-STRIDE = OFF_LAST_OK + MAX_TARGETS
+# Compatibility names used by the control plane.
+MAX_RULES = MAX_RULE_SLOTS
+MAX_TARGETS = MAX_TARGET_SLOTS
 
 
 class Counters:
@@ -77,7 +85,7 @@ class Counters:
                 MAX_LISTENERS, N_INVALID).sum(axis=0).tolist(),
             "overflows": int(t[OFF_OVERFLOW:OFF_RULE].sum()),
             "rules": t[OFF_RULE:OFF_DROP].tolist(),
-            "dropped": t[OFF_DROP:OFF_FORWARDED].tolist(),
+            "dropped": t[OFF_DROP:OFF_DEST_DROP].tolist(),
             "forwarded": t[OFF_FORWARDED:OFF_SEND_ERR].tolist(),
             "send_errors": t[OFF_SEND_ERR:OFF_LAST_ERR].tolist(),
             "copies": int(t[H_COPIES]),

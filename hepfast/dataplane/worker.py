@@ -13,13 +13,13 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from hepfast.constants import MODE
 from hepfast.dataplane import counters as C
 from hepfast.plan.compile import compile_text
 
 EXIT_BOOT_ERROR = 3
 SLICE_MS = 100
 RCVBUF = 8 << 20
-MODE_CODES = {"hash": 0, "all": 1, "failover": 2, "roundrobin": 3}
 
 
 @dataclass
@@ -72,7 +72,7 @@ def bind_tables(compiled, rule_slots: dict, target_slots: dict, sock_cache: dict
     for d in compiled.destinations:
         tstart.append(len(fds))
         tcount.append(len(d.targets))
-        modes.append(MODE_CODES[d.mode])
+        modes.append(MODE[d.mode])
         versions.append(int(d.hep_version))
         for t in d.targets:
             key = (t.host, t.port)

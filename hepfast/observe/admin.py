@@ -32,6 +32,7 @@ import numpy as np
 
 from hepfast import __version__
 from hepfast.dataplane import counters as C
+from hepfast.wire.reasons import INVALID_NAMES
 from hepfast.observe.metrics import (
     Snapshot,
     build_registry,
@@ -193,7 +194,7 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
     inv = snap.invalid().sum(axis=0)
     inv_rates = rates[C.OFF_INVALID:C.OFF_OVERFLOW].reshape(C.MAX_LISTENERS, C.N_INVALID).sum(axis=0)
     invalid = {invalid_label(r): Counted(int(inv[r]), round(float(inv_rates[r]), 3))
-               for r in range(1, C.N_INVALID)}
+               for r in range(1, len(INVALID_NAMES))}
 
     totals = Totals(
         datagrams=int(tot[C.H_DATAGRAMS]),
@@ -201,7 +202,7 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
         invalid=int(tot[C.OFF_INVALID:C.OFF_OVERFLOW].sum()),
         routed=int(tot[C.H_ROUTED]), copies=int(tot[C.H_COPIES]),
         forwarded=int(tot[C.OFF_FORWARDED:C.OFF_SEND_ERR].sum()),
-        dropped=int(tot[C.OFF_DROP:C.OFF_FORWARDED].sum()),
+        dropped=int(tot[C.OFF_DROP:C.OFF_DEST_DROP].sum()),
         overflows=int(tot[C.OFF_OVERFLOW:C.OFF_RULE].sum()))
 
     ok, why = sup.healthy()

@@ -117,7 +117,7 @@ class Snapshot:
         rows = counters.rows
         self.total = rows.sum(axis=0, dtype=np.uint64)
         self.last_err = rows[:, C.OFF_LAST_ERR:C.OFF_LAST_OK].max(axis=0)
-        self.last_ok = rows[:, C.OFF_LAST_OK:C.STRIDE].max(axis=0)
+        self.last_ok = rows[:, C.OFF_LAST_OK:C.OFF_QUEUED].max(axis=0)
         self.now_ns = time.monotonic_ns() if now_ns is None else now_ns
 
     def received(self) -> np.ndarray:        # [listener][proto_type]
@@ -133,7 +133,7 @@ class Snapshot:
         return int(self.total[C.OFF_RULE + slot])
 
     def dropped(self) -> np.ndarray:
-        return self.total[C.OFF_DROP:C.OFF_FORWARDED]
+        return self.total[C.OFF_DROP:C.OFF_DEST_DROP]
 
     def forwarded(self, slot: int) -> int:
         return int(self.total[C.OFF_FORWARDED + slot])
@@ -196,7 +196,7 @@ class HepfastCollector(Collector):
             # Named proto types always (so rate() sees them from zero); others once seen.
             for n in sorted(set(PROTO_NAMES) | set(np.flatnonzero(row).tolist())):
                 recv.add_metric([li.name, proto_label(n)], int(row[n]))
-            for r in range(1, C.N_INVALID):            # reason 0 is "ok": never counted
+            for r in range(1, len(INVALID_NAMES)):     # reason 0 is "ok": never counted
                 inval.add_metric([li.name, invalid_label(r)], int(invalid[idx][r]))
             ovfl.add_metric([li.name], snap.overflow(idx))
         yield recv
@@ -229,7 +229,7 @@ class HepfastCollector(Collector):
         drops = CounterMetricFamily("hepfast_packets_dropped",
                                     "Valid packets not forwarded, by reason", labels=["reason"])
         dropped = snap.dropped()
-        for r in range(C.N_DROP):
+        for r in range(len(DROP_NAMES)):
             if r < len(DROP_NAMES) or dropped[r]:
                 drops.add_metric([drop_label(r)], int(dropped[r]))
         yield drops

@@ -53,34 +53,30 @@ import ipaddress
 
 from hepfast.wire.hashing import hash64
 
-# Match keys, in table order (ext/plan/matcher.pxd repeats these numbers: keep them in step).
-LISTENER = 0
-HEP_VERSION = 1
-PROTO_TYPE = 2
-IP_FAMILY = 3
-IP_PROTO = 4
-SRC_IP = 5
-DST_IP = 6
-SRC_PORT = 7
-DST_PORT = 8
-CAPTURE_ID = 9
-NODE_NAME = 10
-CORRELATION_ID = 11
-SIP_METHOD = 12
-SIP_STATUS = 13
-SIP_CALL_ID = 14
-SIP_FROM_USER = 15
-SIP_TO_USER = 16
-SIP_RURI_USER = 17
-SIP_RURI_DOMAIN = 18
-NKEYS = 19
+# Match keys, in table order, and rule flags: defined in hepfast/constants.py (the C side is
+# generated from there).
+from hepfast.constants import KEY, KEY_NAMES, NKEYS, RULE_FLAGS  # noqa: E402, F401
 
-KEY_NAMES = (
-    "listener", "hep_version", "proto_type", "ip_family", "ip_proto", "src_ip", "dst_ip",
-    "src_port", "dst_port", "capture_id", "node_name", "correlation_id", "sip_method",
-    "sip_status", "sip_call_id", "sip_from_user", "sip_to_user", "sip_ruri_user",
-    "sip_ruri_domain",
-)
+LISTENER = KEY["listener"]
+HEP_VERSION = KEY["hep_version"]
+PROTO_TYPE = KEY["proto_type"]
+IP_FAMILY = KEY["ip_family"]
+IP_PROTO = KEY["ip_proto"]
+SRC_IP = KEY["src_ip"]
+DST_IP = KEY["dst_ip"]
+SRC_PORT = KEY["src_port"]
+DST_PORT = KEY["dst_port"]
+CAPTURE_ID = KEY["capture_id"]
+NODE_NAME = KEY["node_name"]
+CORRELATION_ID = KEY["correlation_id"]
+SIP_METHOD = KEY["sip_method"]
+SIP_STATUS = KEY["sip_status"]
+SIP_CALL_ID = KEY["sip_call_id"]
+SIP_FROM_USER = KEY["sip_from_user"]
+SIP_TO_USER = KEY["sip_to_user"]
+SIP_RURI_USER = KEY["sip_ruri_user"]
+SIP_RURI_DOMAIN = KEY["sip_ruri_domain"]
+
 CIDR_KEYS = frozenset((SRC_IP, DST_IP))
 HASH_KEYS = frozenset((NODE_NAME, CORRELATION_ID, SIP_METHOD, SIP_CALL_ID, SIP_FROM_USER,
                        SIP_TO_USER, SIP_RURI_USER, SIP_RURI_DOMAIN))
@@ -91,12 +87,12 @@ SIP_KEYS = frozenset(range(SIP_METHOD, SIP_RURI_DOMAIN + 1))
 # members without the "sip_" prefix).
 SIP_FIELD = {k: KEY_NAMES[k] for k in SIP_KEYS}
 
-# Rule flags (ext/plan/matcher.pxd: RF_*).
-DROP = 1
-CONTINUE = 2
-HAS_REWRITE = 4
-NEEDS_SIP = 8
-HAS_SAMPLE = 16
+# Rule flags.
+DROP = RULE_FLAGS["drop"]
+CONTINUE = RULE_FLAGS["continue"]
+HAS_REWRITE = RULE_FLAGS["has_rewrite"]
+NEEDS_SIP = RULE_FLAGS["needs_sip"]
+HAS_SAMPLE = RULE_FLAGS["has_sample"]
 
 _MASK64 = (1 << 64) - 1
 _V4_MAPPED_HI = 0

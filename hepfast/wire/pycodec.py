@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import struct
 
+from hepfast.wire import chunks
 from hepfast.wire.packet import HepError, HepPacket
 
 OK, SHORT, MAGIC, LENGTH, CHUNK, VERSION = range(6)
 
-_FIXED = {1: 1, 2: 1, 0x0B: 1, 0x17: 1, 0x18: 1,
-          7: 2, 8: 2, 0x0D: 2, 0x12: 2, 0x16: 2, 0x20: 2, 0x21: 2, 0x27: 2, 0x28: 2,
-          3: 4, 4: 4, 9: 4, 0x0A: 4, 0x0C: 4, 0x23: 4,
-          5: 16, 6: 16, 0x14: 8, 0x15: 8}
+# Exact body sizes of the fixed-width generic chunks, from the one chunk table (the C side's
+# hep_fixed_size is generated from the same table).
+_FIXED = {t: chunks.FIXED_SIZE[w] for (t, w) in chunks.GENERIC.values() if w in chunks.FIXED_SIZE}
 
 
 def _family_of(raw: int) -> int:

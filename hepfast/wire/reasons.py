@@ -1,29 +1,32 @@
 """Reason codes: small integers in the data plane, names here (the metrics' `reason` labels).
 
 INVALID_* are why a datagram was refused before routing (label of hepfast_packets_invalid_total);
-DROP_* are why a valid packet was not forwarded (label of hepfast_packets_dropped_total).
-The numbers of the first six match ext/wire/hepwire.pxd (HEP_OK .. HEP_VERSION).
+DROP_* are why a valid packet, or one copy of it, was not forwarded (hepfast_packets_dropped_total).
+Both lists are defined once, in hepfast/constants.py, which the C side is generated from.
 """
+from hepfast.constants import DROP, DROP_NAMES, INVALID, INVALID_NAMES
 
-OK = 0
-SHORT = 1
-MAGIC = 2
-LENGTH = 3
-CHUNK = 4
-VERSION = 5
-AUTH = 6
-ACL = 7
+OK = INVALID["ok"]
+SHORT = INVALID["short"]
+MAGIC = INVALID["magic"]
+LENGTH = INVALID["length"]
+CHUNK = INVALID["chunk"]
+VERSION = INVALID["version"]
+AUTH = INVALID["auth"]
+ACL = INVALID["acl"]
+CHUNKS = INVALID["chunks"]
 
-INVALID_NAMES = ["ok", "short", "magic", "length", "chunk", "version", "auth", "acl"]
+DROP_RULE = DROP["rule"]
+DROP_NO_ROUTE = DROP["no_route"]
+DROP_SAMPLE = DROP["sample"]
+DROP_RATE_LIMIT = DROP["rate_limit"]
+DROP_QUEUE_FULL = DROP["queue_full"]
+DROP_SEND_ERROR = DROP["send_error"]
+DROP_TOO_BIG = DROP["too_big"]
+DROP_UNCONVERTIBLE = DROP["unconvertible"]
+DROP_DUPLICATE = DROP["duplicate"]
 
-DROP_RULE = 0
-DROP_NO_ROUTE = 1
-DROP_SAMPLE = 2
-DROP_RATE_LIMIT = 3
-DROP_QUEUE_FULL = 4
-DROP_SEND_ERROR = 5
-
-DROP_NAMES = ["rule", "no_route", "sample", "rate_limit", "queue_full", "send_error"]
+__all__ = ["INVALID_NAMES", "DROP_NAMES", "invalid_name"]
 
 
 def invalid_name(code: int) -> str:

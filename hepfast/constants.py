@@ -1,0 +1,120 @@
+"""The numbers both languages share, defined once.
+
+Everything here is read by Python directly and written into C at build time:
+scripts/gen_constants.py turns it (plus the chunk table of hepfast.wire.chunks) into
+ext/generated/constants.pxd, a set of `cdef enum` blocks and a `constants()` function that
+each compiled module exposes as `CONSTANTS`. tests/test_constants.py compares every compiled
+module's CONSTANTS with this file, so a stale build or a hand-kept copy fails the suite.
+
+Pure data: no imports from the rest of hepfast (the worker process and the build script import it).
+"""
+from __future__ import annotations
+
+# --- why a datagram is refused before routing: hepfast_packets_invalid_total{reason} ----------
+# 0..5 are the codec's own results (hep_parse); the rest are decided by the worker.
+INVALID_NAMES = (
+    "ok", "short", "magic", "length", "chunk", "version", "auth", "acl", "chunks",
+)
+INVALID = {n: i for i, n in enumerate(INVALID_NAMES)}
+
+# --- why a valid packet (or one copy of it) was not forwarded: hepfast_packets_dropped_total ---
+DROP_NAMES = (
+    "rule", "no_route", "sample", "rate_limit", "queue_full", "send_error", "too_big",
+    "unconvertible", "duplicate",
+)
+DROP = {n: i for i, n in enumerate(DROP_NAMES)}
+# Drop reasons that concern one destination (labelled with it); the others concern the packet.
+DEST_DROPS = ("queue_full", "send_error", "too_big", "unconvertible")
+
+# --- destination modes and egress kinds ---------------------------------------------------------
+MODE_NAMES = ("hash", "all", "failover", "roundrobin")
+MODE = {n: i for i, n in enumerate(MODE_NAMES)}
+# How a worker hands a copy to a target: its own UDP socket (sendmmsg), or a shared-memory ring
+# read by the destination's egress process.
+EGRESS_NAMES = ("udp", "ring")
+EGRESS = {n: i for i, n in enumerate(EGRESS_NAMES)}
+
+# --- HEP proto_family byte: 2 is AF_INET everywhere; AF_INET6 is 10 on Linux, 24/28/30 on the BSDs
+# and macOS (agents send their own platform's value).
+FAMILY_INET = (2,)
+FAMILY_INET6 = (10, 24, 28, 30)
+
+# --- fixed capacities of the data plane (checked by the plan compiler, naming the field) -------
+MAX_LISTENERS = 16
+MAX_RULES = 256          # rules in one config
+MAX_RULE_SLOTS = 512     # rule counter slots in a run (names keep their slot across reloads)
+MAX_DESTINATIONS = 64
+MAX_TARGETS = 256        # targets in one config
+MAX_TARGET_SLOTS = 1024  # target counter slots in a run
+MAX_DEST_SLOTS = 256     # destination counter slots in a run
+MAX_WORKERS = 256
+MAX_SKIP = 256           # chunk keys one rule may delete or replace
+MAX_SET_BYTES = 60000    # pre-encoded bytes one rule's `set` may add
+MAX_BATCH = 1024
+DEFAULT_MAX_CHUNKS = 512  # chunks per HEPv3 packet before it is refused (reason "chunks")
+SLOT_BYTES = 65536       # one receive slot: the largest UDP datagram
+
+# --- the shared counter block: one row of uint64 per worker (and per egress process) ----------
+# Header words.
+H_PID = 0
+H_HEARTBEAT = 1          # CLOCK_MONOTONIC ns of the last loop iteration
+H_GENERATION = 2         # plan generation the worker runs
+H_BATCHES = 3            # recvmmsg calls that returned packets
+H_DATAGRAMS = 4          # datagrams read, valid or not
+H_COPIES = 5             # copies queued for sending (fan-out counts each)
+H_ROUTED = 6             # accepted packets that at least one rule or the default forwarded
+H_STATE = 7              # 0 starting, 1 running, 2 draining, 3 exited
+H_RESTARTS = 8           # (row 0 only) workers replaced after a crash
+H_REFUSED = 9            # last plan generation this worker could not take (0: none)
+H_DRAIN_LEFT = 10        # datagrams left in the sockets when the drain timed out
+HEADER = 16
+
+N_INVALID = 16           # room for INVALID_NAMES
+N_DROP = 16              # room for DROP_NAMES
+
+OFF_RECEIVED = HEADER                                    # [listener][proto_type 0..255]
+OFF_INVALID = OFF_RECEIVED + MAX_LISTENERS * 256         # [listener][invalid reason]
+OFF_OVERFLOW = OFF_INVALID + MAX_LISTENERS * N_INVALID   # [listener] kernel drops (SO_RXQ_OVFL)
+OFF_RULE = OFF_OVERFLOW + MAX_LISTENERS                  # [rule slot]
+OFF_DROP = OFF_RULE + MAX_RULE_SLOTS                     # [drop reason] (packet-level)
+OFF_DEST_DROP = OFF_DROP + N_DROP                        # [dest slot][drop reason]
+OFF_FORWARDED = OFF_DEST_DROP + MAX_DEST_SLOTS * N_DROP  # [target slot]
+OFF_SEND_ERR = OFF_FORWARDED + MAX_TARGET_SLOTS          # [target slot] copies lost to errors
+OFF_LAST_ERR = OFF_SEND_ERR + MAX_TARGET_SLOTS           # [target slot] monotonic ns, last error
+OFF_LAST_OK = OFF_LAST_ERR + MAX_TARGET_SLOTS            # [target slot] monotonic ns, last send
+OFF_QUEUED = OFF_LAST_OK + MAX_TARGET_SLOTS              # [target slot] copies put in a ring
+STRIDE = OFF_QUEUED + MAX_TARGET_SLOTS
+
+# --- rule tables (hepfast.plan.tables documents the layout) -------------------------------------
+KEY_NAMES = (
+    "listener", "hep_version", "proto_type", "ip_family", "ip_proto", "src_ip", "dst_ip",
+    "src_port", "dst_port", "capture_id", "node_name", "correlation_id", "sip_method",
+    "sip_status", "sip_call_id", "sip_from_user", "sip_to_user", "sip_ruri_user",
+    "sip_ruri_domain",
+)
+KEY = {n: i for i, n in enumerate(KEY_NAMES)}
+NKEYS = len(KEY_NAMES)
+RULE_FLAGS = {"drop": 1, "continue": 2, "has_rewrite": 4, "needs_sip": 8, "has_sample": 16}
+
+
+def c_enums() -> dict[str, dict[str, int]]:
+    """What scripts/gen_constants.py writes into C: {enum block comment: {C name: value}}."""
+    counters = {k: v for k, v in globals().items()
+                if k.isupper() and (k.startswith(("H_", "OFF_")) or k in (
+                    "HEADER", "STRIDE", "N_INVALID", "N_DROP"))}
+    limits = {k: v for k, v in globals().items()
+              if k.startswith(("MAX_", "DEFAULT_MAX_")) or k == "SLOT_BYTES"}
+    assert len(INVALID_NAMES) <= N_INVALID and len(DROP_NAMES) <= N_DROP
+    return {
+        "invalid reasons (hepfast_packets_invalid_total)":
+            {f"R_{n.upper()}": i for i, n in enumerate(INVALID_NAMES)},
+        "drop reasons (hepfast_packets_dropped_total)":
+            {f"D_{n.upper()}": i for i, n in enumerate(DROP_NAMES)},
+        "destination modes": {f"M_{n.upper()}": i for i, n in enumerate(MODE_NAMES)},
+        "egress kinds": {f"E_{n.upper()}": i for i, n in enumerate(EGRESS_NAMES)},
+        "capacities": limits,
+        "counter block layout (uint64 words)": counters,
+        "match keys": {**{f"K_{n.upper()}": i for i, n in enumerate(KEY_NAMES)},
+                       "NKEYS": NKEYS},
+        "rule flags": {f"RF_{n.upper()}": v for n, v in RULE_FLAGS.items()},
+    }
