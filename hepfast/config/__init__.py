@@ -29,6 +29,8 @@ from hepfast.config.schema import (
     LISTENER_TRANSPORTS,
     MATCH_KEYS,
     MODES,
+    NETWORK_TRANSPORTS,
+    PATH_TRANSPORTS,
     Admin,
     Config,
     Destination,
@@ -52,5 +54,5 @@ __all__ = [
     "load_config", "load_default", "DEFAULT_CONFIG_PATH", "parse_config", "from_dict",
     "parse_hostport", "parse_cidr", "parse_range", "parse_proto_type", "parse_ip_proto",
     "parse_sip_status", "as_list", "MATCH_KEYS", "LISTENER_TRANSPORTS",
-    "DESTINATION_TRANSPORTS", "MODES",
+    "DESTINATION_TRANSPORTS", "MODES", "NETWORK_TRANSPORTS", "PATH_TRANSPORTS",
 ]

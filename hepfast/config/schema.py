@@ -13,7 +13,10 @@ from typing import Annotated, Literal, Union
 import msgspec
 
 LISTENER_TRANSPORTS = ("udp", "tcp", "tls")
-DESTINATION_TRANSPORTS = ("udp", "tcp", "tls", "pcap", "postgres")
+DESTINATION_TRANSPORTS = ("udp", "tcp", "tls", "file", "pcap", "parquet", "postgres")
+# Destinations with targets (host:port) and those that store to `path` or `dsn`.
+NETWORK_TRANSPORTS = ("udp", "tcp", "tls")
+PATH_TRANSPORTS = ("file", "pcap", "parquet")
 MODES = ("hash", "all", "failover", "roundrobin")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]*$")
@@ -27,15 +30,33 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     pass
 
 
+MiB = 1 << 20
+
+
 class Switch(_Base):
-    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = msgspec.field(
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = msgspec.field(
         default_factory=lambda: os.cpu_count() or 1)
     batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
     default: str = "drop"
+    # "packet": every datagram may go to any worker (a reuseport program picks one), so a single
+    # busy agent uses every core; "flow": the kernel's flow hash keeps a sender on one worker.
+    spread: Literal["packet", "flow"] = "packet"
+    # Socket buffers asked of the kernel per listening socket / per target socket (bytes).
+    rcvbuf: Annotated[int, msgspec.Meta(ge=65536, le=1 << 31)] = 64 * MiB
+    sndbuf: Annotated[int, msgspec.Meta(ge=65536, le=1 << 31)] = 4 * MiB
+    # On SIGTERM: how long workers keep draining their sockets, egress processes their rings.
+    drain_timeout: Annotated[float, msgspec.Meta(ge=0, le=600)] = 2.0
+    # Chunks per HEPv3 packet before it is refused (reason "chunks"); real agents send < 30.
+    max_chunks: Annotated[int, msgspec.Meta(ge=16, le=16384)] = 512
 
 
 class Admin(_Base):
     listen: str = "127.0.0.1:9096"
+    # Bearer token for POST /reload and /status (and /metrics when metrics_auth); required when
+    # listen is not a loopback address. token_env names an environment variable holding it.
+    token: str = ""
+    token_env: str = ""
+    metrics_auth: bool = False
 
 
 class Listener(_Base):
@@ -48,11 +69,22 @@ class Listener(_Base):
 
 class Destination(_Base):
     targets: list[str] = []
-    transport: Literal["udp", "tcp", "tls", "pcap", "postgres"] = "udp"
+    transport: Literal["udp", "tcp", "tls", "file", "pcap", "parquet", "postgres"] = "udp"
     mode: Literal["hash", "all", "failover", "roundrobin"] = "hash"
     hep_version: Literal[2, 3] = 3
-    path: str | None = None          # pcap
+    path: str | None = None          # file, pcap, parquet: a directory
     dsn: str | None = None           # postgres
+    # Ring-fed destinations (everything but udp): bytes of the shared-memory ring per worker.
+    ring_bytes: Annotated[int, msgspec.Meta(ge=65536, le=1 << 32)] = 64 * MiB
+    # Rotating files (file, pcap): a new file past rotate_bytes or rotate_seconds; keep at most
+    # `keep` finished files (0: keep all).
+    rotate_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 256 * MiB
+    rotate_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    keep: Annotated[int, msgspec.Meta(ge=0)] = 24
+    # The auth key on the copies this destination receives: replaced when auth_key is set,
+    # removed with strip_auth_key.
+    auth_key: str = ""
+    strip_auth_key: bool = False
 
 
 class Match(_Base):

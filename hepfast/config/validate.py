@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from hepfast.config.errors import ConfigError
-from hepfast.config.schema import _NAME_RE, Config, Match
+from hepfast.config.schema import _NAME_RE, NETWORK_TRANSPORTS, PATH_TRANSPORTS, Config, Match
 from hepfast.config.values import (
     _int,
     as_list,
@@ -42,7 +42,10 @@ def validate(cfg: Config) -> None:
         _check_name(p, name, "destination")
         if name == "drop":
             raise ConfigError(p, "\"drop\" is reserved (it means: no destination); rename it")
-        if d.transport in ("udp", "tcp", "tls"):
+        if d.auth_key and d.strip_auth_key:
+            raise ConfigError(f"{p}.strip_auth_key", "set auth_key (replace the key) or "
+                                                     "strip_auth_key (remove it), not both")
+        if d.transport in NETWORK_TRANSPORTS:
             if not d.targets:
                 raise ConfigError(f"{p}.targets", f"a {d.transport} destination needs at least "
                                                   f"one target, e.g. [\"10.0.0.1:9060\"]")
@@ -58,7 +61,7 @@ def validate(cfg: Config) -> None:
                     raise ConfigError(f"{p}.{key}", f"\"{key}\" is not used by a {d.transport} "
                                                     f"destination; remove it")
         else:
-            need = "path" if d.transport == "pcap" else "dsn"
+            need = "path" if d.transport in PATH_TRANSPORTS else "dsn"
             if not getattr(d, need):
                 raise ConfigError(f"{p}.{need}", f"a {d.transport} destination needs \"{need}\"")
             if d.targets:
