@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from hepfast.wire import pycodec as _pycodec
 from hepfast.wire import codec
-from hepfast.wire.chunks import encode_packet
-from hepfast.wire.packet import HepError
+from hepfast.wire.chunks import chunk_keys, encode_packet
+from hepfast.wire.packet import HepError, Unconvertible
 from tests.conftest import CORPUS_DIR, corpus_names, load_corpus
 
 SPEC_EXAMPLE = bytes.fromhex(
@@ -65,14 +65,125 @@ def test_corpus_set_delete_add(codec_impl, corpus_dir):
         assert after.correlation_id is None
         assert after.chunk(0, 0x20) == struct.pack(">H", 355)       # MOS is a uint16
         assert after.chunk(3, 0x0101) == b"vendor"
-        # every other chunk is unchanged, in order
-        kept = [c for c in before.chunks if (c[0], c[1]) not in {(0, 0x0C), (0, 0x11)}]
-        assert after.chunks[:len(kept)] == kept
+        # The capture id is replaced where it was, the correlation id removed, the three new
+        # chunks go just before the payload in `set` order; every other chunk is unchanged.
+        expected = []
+        for c in before.chunks:
+            if c[:2] == (0, 0x0F):
+                expected += [(0, 0x13, b"edge-1"), (0, 0x20, struct.pack(">H", 355)),
+                             (3, 0x0101, b"vendor")]
+            if c[:2] == (0, 0x0C):
+                expected.append((0, 0x0C, struct.pack(">I", 4242)))
+            elif c[:2] != (0, 0x11):
+                expected.append(c)
+        assert after.chunks == expected
         assert after.total == len(out)
 
 
+def _payload_end(pkt: bytes) -> int:
+    """Offset just past the first payload chunk (0x000f/0x0010) of a HEPv3 packet, walked here
+    from the bytes, independently of both codecs."""
+    pos = 6
+    while pos < len(pkt):
+        vendor, ctype, clen = struct.unpack_from(">HHH", pkt, pos)
+        if vendor == 0 and ctype in (0x0F, 0x10):
+            return pos + clen
+        pos += clen
+    raise AssertionError("no payload chunk")
+
+
+def _types(pkt: bytes) -> list[int]:
+    out, pos = [], 6
+    while pos < len(pkt):
+        vendor, ctype, clen = struct.unpack_from(">HHH", pkt, pos)
+        out.append(ctype if vendor == 0 else (vendor << 16) | ctype)
+        pos += clen
+    return out
+
+
+def test_rewritten_corpus_keeps_sender_chunk_order(codec_impl, corpus_dir):
+    """The bug report: setting capture_id moved chunk 12 after the payload (`... 11 15 12 19`),
+    so a HEP dissector handed the SIP dissector trailing bytes. A replaced chunk keeps its place,
+    an added one goes before the payload, and what follows the payload is byte for byte what
+    the agent put there."""
+    n = 0
+    for pkt in all_corpus_packets():
+        order = _types(pkt)
+        out = codec.rewrite(pkt, set={"capture_id": 3001}, impl=codec_impl)
+        assert _types(out) == order                                 # replaced in place
+        out = codec.rewrite(pkt, set={"capture_id": 3001, "node_name": "edge-1"},
+                            impl=codec_impl)
+        at = order.index(0x0F)
+        assert _types(out) == order[:at] + [0x13] + order[at:]
+        end_in, end_out = _payload_end(pkt), _payload_end(out)
+        assert out[end_out:] == pkt[end_in:]                        # nothing new after the payload
+        assert out[_payload_start(out):end_out] == pkt[_payload_start(pkt):end_in]
+        assert len(out) == struct.unpack_from(">H", out, 4)[0]     # no stray bytes at all
+        assert codec_impl.decode(out).payload == codec_impl.decode(pkt).payload
+        n += 1
+    assert n == 1224
+
+
+def _payload_start(pkt: bytes) -> int:
+    pos = 6
+    while pos < len(pkt):
+        vendor, ctype, clen = struct.unpack_from(">HHH", pkt, pos)
+        if vendor == 0 and ctype in (0x0F, 0x10):
+            return pos
+        pos += clen
+    raise AssertionError("no payload chunk")
+
+
+def test_chunks_after_the_payload_stay_after_it(codec_impl):
+    """OpenSIPS puts its correlation id after the payload: an added chunk still goes before the
+    payload, a replaced correlation id stays after it, and a deleted one leaves nothing."""
+    pkt = encode_packet([(0, 1, b"\x02"), (0, 2, b"\x11"), (0, 0x0C, struct.pack(">I", 7)),
+                         (0, 0x0F, b"INVITE sip:a SIP/2.0\r\n\r\n"), (0, 0x11, b"call-1")])
+    out = codec.rewrite(pkt, set={"node_name": "n1", "correlation_id": "call-2"},
+                        impl=codec_impl)
+    assert _types(out) == [1, 2, 0x0C, 0x13, 0x0F, 0x11]
+    assert out.endswith(struct.pack(">HHH", 0, 0x11, 12) + b"call-2")
+    assert _types(codec.rewrite(pkt, delete=["correlation_id"], impl=codec_impl)) == \
+        [1, 2, 0x0C, 0x0F]
+    # duplicates of a replaced key: the first one is replaced in place, the others go
+    dup = encode_packet([(0, 0x0C, b"\0\0\0\1"), (0, 0x13, b"a"), (0, 0x0C, b"\0\0\0\2"),
+                         (0, 0x0F, b"x")])
+    out = codec.rewrite(dup, set={"capture_id": 9}, impl=codec_impl)
+    assert codec_impl.decode(out).chunks == [(0, 0x0C, b"\0\0\0\x09"), (0, 0x13, b"a"),
+                                             (0, 0x0F, b"x")]
+    # no payload chunk at all: added chunks go at the end
+    nopay = encode_packet([(0, 1, b"\x02"), (0, 0x0C, b"\0\0\0\1")])
+    assert _types(codec.rewrite(nopay, set={"node_name": "n", "capture_id": 2},
+                                impl=codec_impl)) == [1, 0x0C, 0x13]
+
+
+def test_rewrite_of_v2_input_adds_before_the_payload(codec_impl):
+    raw = _v2(2, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    out = codec.rewrite(raw, set={"capture_id": 5, "node_name": "n"}, impl=codec_impl)
+    assert _types(out) == [1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 0x13, 0x0F]
+    assert codec_impl.decode(out).capture_id == 5
+
+
+def test_long_set_list_replaces_once(codec_impl):
+    """More than 64 set chunks (past the builder's bitmask): still one copy per key, in place."""
+    names = {f"3:0x{0x100 + i:04x}": f"v{i}" for i in range(70)}
+    last = 0x100 + 69
+    pkt = encode_packet([(0, 1, b"\x02"), (3, last, b"old1"), (3, last, b"old2"),
+                         (0, 0x0F, b"payload"), (3, last, b"old3"), (3, 0x100, b"x")])
+    out = codec.rewrite(pkt, set=names, impl=codec_impl)
+    chunks = codec_impl.decode(out).chunks
+    assert chunks[0] == (0, 1, b"\x02")
+    assert chunks[1] == (3, last, b"v69")                       # in place of old1
+    assert [c for c in chunks if c[:2] == (3, last)] == [(3, last, b"v69")]
+    assert [c for c in chunks if c[:2] == (3, 0x100)] == [(3, 0x100, b"v0")]
+    assert chunks[-1] == (3, 0x100, b"v0")                      # replaced after the payload
+    assert chunks.index((0, 0x0F, b"payload")) == 2 + 68       # 68 added before it
+    assert out == codec.rewrite(pkt, set=names, impl=_pycodec)
+
+
 def test_v3_v2_v3_keeps_what_v2_carries(codec_impl, corpus_dir):
-    for pkt in all_corpus_packets()[::5]:
+    sip = [p for p in all_corpus_packets() if codec_impl.decode(p).proto_type == 1]
+    for pkt in sip[::5]:
         a = codec_impl.decode(pkt)
         v2 = codec.rewrite(pkt, version=2, impl=codec_impl)
         assert v2[0] == 2
@@ -82,6 +193,55 @@ def test_v3_v2_v3_keeps_what_v2_carries(codec_impl, corpus_dir):
             assert getattr(a, f) == getattr(b, f), f
         assert b.capture_id == a.capture_id & 0xFFFF
         assert b.proto_type == 1      # v2 carries raw SIP only
+
+
+def test_v2_refuses_what_is_not_sip(codec_impl, corpus_dir):
+    """HEPv2 has no proto-type field: the Kamailio log packets (type 100) and the rtpengine RTCP
+    reports (type 5) would reach a v2 collector as SIP. Both codecs refuse them, with an error
+    named after the drop reason the data plane counts."""
+    refused = {}
+    for pkt in all_corpus_packets():
+        ptype = codec_impl.decode(pkt).proto_type
+        if ptype == 1:
+            continue
+        for call, kw in ((codec_impl.to_v2, {}),
+                         (codec.rewrite, {"set": {"capture_id": 1}, "version": 2,
+                                          "impl": codec_impl})):
+            with pytest.raises(Unconvertible) as ei:
+                call(pkt, **kw)
+            assert ei.value.name == "unconvertible" and isinstance(ei.value, HepError)
+            assert "not SIP" in str(ei.value)
+        refused[ptype] = refused.get(ptype, 0) + 1
+    assert refused == {100: 80, 5: 24}
+    # a rule that makes a packet SIP makes it convertible
+    log = next(p for p in all_corpus_packets() if codec_impl.decode(p).proto_type == 100)
+    assert codec.rewrite(log, set={"proto_type": 1}, version=2, impl=codec_impl)[0] == 2
+    # no proto-type chunk at all: not known to be SIP either
+    bare = encode_packet([(0, 1, b"\x02"), (0, 3, bytes(4)), (0, 4, bytes(4)), (0, 0x0F, b"x")])
+    with pytest.raises(Unconvertible, match="no proto type"):
+        codec_impl.to_v2(bare)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_v12_near_the_size_limit(codec_impl, version):
+    """A v1/v2 datagram close to 65535 bytes is valid, but its v3 form (chunk headers added) is
+    longer than a HEP length field can say. decode shows the chunks of that form (both codecs
+    the same list), and converting it to v3 is refused as "length"."""
+    hdr = 28 if version == 2 else 16
+    raw = _v2(2, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), version=version,
+              payload=b"M" * (65535 - hdr))
+    assert len(raw) == 65535
+    p = codec_impl.decode(raw)
+    assert p.chunks == _pycodec.decode(raw).chunks
+    assert [t for _v, t, _b in p.chunks] == ([1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 15] if version == 2
+                                             else [1, 2, 3, 4, 7, 8, 11, 15])
+    assert p.chunks[-1] == (0, 0x0F, b"M" * (65535 - hdr)) and p.payload == p.chunks[-1][2]
+    with pytest.raises(HepError) as ei:
+        codec.to_v3(raw, impl=codec_impl)
+    assert ei.value.name == "length"
+    # still sendable as v2 when it is SIP: the v2 form is the same size
+    if version == 2:
+        assert codec_impl.to_v2(raw) == raw
 
 
 def _v2(family: int, src: bytes, dst: bytes, sport=5060, dport=5080, sec=1700000000, usec=123,
@@ -153,7 +313,10 @@ def test_vendor_and_unknown_chunks_kept_byte_exact(codec_impl):
                          (0, 0x0FFF, b"\x00\x01"), (8, 0x80, b"conv")])
     p = codec_impl.decode(pkt)
     assert p.payload == b"real"
-    assert codec.rewrite(pkt, set={"node_name": "n"}, impl=codec_impl)[:len(pkt)][6:] == pkt[6:]
+    out = codec.rewrite(pkt, set={"node_name": "n"}, impl=codec_impl)
+    i = pkt.index(b"\x00\x00\x00\x0f\x00\x0areal")     # the generic payload chunk
+    assert out[6:i] == pkt[6:i] and out[i + 7:] == pkt[i:]  # node name (7 bytes) goes before it
+    assert out[i:i + 7] == struct.pack(">HHH", 0, 0x13, 7) + b"n"
     assert codec_impl.decode(codec.rewrite(pkt, delete=["7:0x000f"], impl=codec_impl)).chunks == \
         [c for c in p.chunks if c[0] != 7]
 
@@ -180,8 +343,10 @@ def test_compressed_payload_passes_through(codec_impl):
     pkt = encode_packet([(0, 1, b"\x02"), (0, 0x10, z)])
     p = codec_impl.decode(pkt)
     assert p.compressed and p.payload == z
-    assert codec.rewrite(pkt, set={"capture_id": 1}, impl=codec_impl)[6:6 + len(pkt) - 6] == \
-        pkt[6:]
+    out = codec.rewrite(pkt, set={"capture_id": 1}, impl=codec_impl)
+    assert out[6:13] == pkt[6:13]                                # family
+    assert out[13:23] == struct.pack(">HHHI", 0, 0x0C, 10, 1)     # added before the payload
+    assert out[23:] == pkt[13:]                                  # compressed payload untouched
 
 
 def test_rewrite_too_large_is_refused(codec_impl):
@@ -255,6 +420,33 @@ def test_random_chunk_lists_roundtrip(chunks):
         p = impl.decode(pkt)
         assert p.chunks == chunks
         assert codec.to_v3(pkt, impl=impl) == pkt
+
+
+set_names = st.sampled_from(["capture_id", "node_name", "correlation_id", "auth_key",
+                             "0x0020", "3:0x0101", "8:0x0080", "proto_type"])
+set_values = {"capture_id": 77, "node_name": "edge", "correlation_id": "c-1", "auth_key": "k",
+              "0x0020": 3, "3:0x0101": "v", "8:0x0080": "w", "proto_type": 1}
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(chunk_lists(), st.lists(set_names, max_size=4, unique=True),
+       st.lists(set_names, max_size=3, unique=True))
+def test_random_rewrites_agree(chunks, sets, deletes):
+    """Replace-in-place and add-before-payload give the same bytes in both codecs, whatever the
+    chunk order, duplicates and vendor chunks."""
+    pkt = encode_packet(chunks)
+    kw = {"set": {n: set_values[n] for n in sets}, "delete": deletes}
+    try:
+        a = codec.rewrite(pkt, impl=codec.get_impl("compiled"), **kw)
+    except HepError as e:
+        with pytest.raises(HepError) as ei:
+            codec.rewrite(pkt, impl=_pycodec, **kw)
+        assert ei.value.reason == e.reason
+        return
+    assert a == codec.rewrite(pkt, impl=_pycodec, **kw)
+    touched = {k for n in list(sets) + deletes for k in chunk_keys(n)}
+    kept = [c for c in chunks if (c[0], c[1]) not in touched]
+    assert [c for c in _pycodec.decode(a).chunks if c in kept] == kept
 
 
 def _mutations():

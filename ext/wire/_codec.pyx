@@ -13,7 +13,7 @@ from constants cimport constants
 
 CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
 
-from hepfast.wire.packet import HepError, HepPacket
+from hepfast.wire.packet import HepError, HepPacket, Unconvertible
 
 DEF SCRATCH = 65536 + 256
 
@@ -107,12 +107,14 @@ def decode(data):
     cdef Py_ssize_t n
     if p.version == 3:
         return _packet(buf, &p, _walk_chunks(buf, p.total))
-    # v1/v2: the chunk list is what the v3 form of the message holds.
+    # v1/v2: the chunk list is what the v3 form of the message holds, also when that form is
+    # longer than 65535 bytes (a datagram near the limit): rewrite/to_v3 refuse such a packet
+    # ("length"), but decode still shows it.
     scratch = <uint8_t *>malloc(SCRATCH)
     if scratch == NULL:
         raise MemoryError()
     try:
-        n = hep_build_v3(buf, &p, NULL, 0, NULL, 0, scratch, SCRATCH)
+        n = hep_build_v3_body(buf, &p, NULL, 0, NULL, 0, scratch, SCRATCH)
         chunks = _walk_chunks(scratch, <uint32_t>n) if n > 0 else []
     finally:
         free(scratch)
@@ -121,7 +123,8 @@ def decode(data):
 
 def rewrite(data, setbuf=b"", skip=(), int version=3):
     """HEPv3 (or v2) form with chunks keyed (vendor<<16|type) in `skip` removed and the
-    pre-encoded chunks of `setbuf` appended."""
+    pre-encoded chunks of `setbuf` put in (in place of a skipped chunk of the same key, else
+    before the payload). HEPv2 of a packet that is not SIP raises Unconvertible."""
     cdef const uint8_t[::1] mv = data
     cdef const uint8_t[::1] sb = setbuf
     cdef hep_pkt p, p2
@@ -147,13 +150,15 @@ def rewrite(data, setbuf=b"", skip=(), int version=3):
         hep_parse(scratch, n, &p2)
         n2 = hep_build_v2(scratch, &p2, scratch + SCRATCH, SCRATCH)
         if n2 < 0:
-            raise _v2_error(&p2)
+            raise _v2_error(&p2, n2)
         return scratch[SCRATCH:SCRATCH + n2]
     finally:
         free(scratch)
 
 
-cdef object _v2_error(hep_pkt *p):
+cdef object _v2_error(hep_pkt *p, Py_ssize_t code):
+    if code == -2:
+        return Unconvertible(p.proto_type if p.present & ((<uint64_t>1) << CH_PTYPE) else None)
     if p.family == 0:
         return HepError(R_VERSION, "no address family: cannot express as HEPv2")
     return HepError(R_LENGTH, "HEPv2 form exceeds 65535 bytes")
@@ -171,7 +176,7 @@ def to_v2(data):
     try:
         n = hep_build_v2(buf, &p, scratch, SCRATCH)
         if n < 0:
-            raise _v2_error(&p)
+            raise _v2_error(&p, n)
         return scratch[:n]
     finally:
         free(scratch)

@@ -8,7 +8,8 @@
 #   a `hep_pkt` of decoded fixed fields and (offset, length) windows of the variable ones, and
 #   returns a reason code (R_OK or one of the HEP_* reasons); it cannot raise.
 # - Offsets in `hep_pkt` are relative to the start of the packet buffer given to hep_parse.
-# - `hep_build_v3` / `hep_build_v2` write only `out[0:cap]` and return the new length or -1.
+# - `hep_build_v3` / `hep_build_v2` write only `out[0:cap]` and return the new length, -1 when
+#   the result cannot be expressed or does not fit, and (v2 only) -2 for a packet that is not SIP.
 # - Reason codes come from hepfast/constants.py (generated into ext/generated/constants.pxd);
 #   their names are the metrics' `reason` label.
 
@@ -250,12 +251,56 @@ cdef inline uint64_t hep_mix64(uint64_t x) noexcept nogil:
 
 
 # ---------------------------------------------------------------- building / rewriting
+#
+# Chunk order on output (what a HEP dissector relies on: everything after the payload chunk is
+# handed to the payload's own dissector):
+# - a kept chunk keeps its place;
+# - a `set` chunk whose key the packet already carries replaces the first chunk of that key, in
+#   its place (further chunks of the key are dropped);
+# - a `set` chunk the packet does not carry is added just before the first payload chunk (0x000f
+#   or 0x0010, vendor 0), or at the end when there is none;
+# so the chunks after the payload are exactly the ones the agent put there.
 
 cdef inline bint _key_in(uint32_t key, const uint32_t *keys, int nkeys) noexcept nogil:
     cdef int i
     for i in range(nkeys):
         if keys[i] == key:
             return True
+    return False
+
+
+cdef inline uint32_t _key_at(const uint8_t *c) noexcept nogil:
+    return (<uint32_t>hep_rd16(c) << 16) | hep_rd16(c + 2)
+
+
+cdef inline bint _v3_has_key(const uint8_t *src, Py_ssize_t start, Py_ssize_t end,
+                             uint32_t key) noexcept nogil:
+    """A chunk with this key among the (already validated) v3 chunks of src[start:end]."""
+    cdef Py_ssize_t rp = start
+    while rp < end:
+        if _key_at(src + rp) == key:
+            return True
+        rp += hep_rd16(src + rp + 4)
+    return False
+
+
+cdef inline bint _src_has_key(const uint8_t *src, const hep_pkt *p, uint32_t key) noexcept nogil:
+    """The packet carries a chunk with this key (v1/v2: in its v3 form)."""
+    cdef uint32_t t
+    if p.version == 3:
+        return _v3_has_key(src, 6, p.total, key)
+    if key >> 16:
+        return False
+    t = key & 0xffff
+    if t == CH_FAMILY or t == CH_PROTO or t == CH_SPORT or t == CH_DPORT or t == CH_PTYPE \
+            or t == CH_PAYLOAD:
+        return True
+    if t == CH_SRC4 or t == CH_DST4:
+        return p.family == 4
+    if t == CH_SRC6 or t == CH_DST6:
+        return p.family == 6
+    if t == CH_TSEC or t == CH_TUSEC or t == CH_CAPID:
+        return p.version == 2
     return False
 
 
@@ -271,27 +316,165 @@ cdef inline Py_ssize_t _emit(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap, uint1
     return pos + 6 + blen
 
 
+cdef inline Py_ssize_t _emit_raw(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap,
+                                 const uint8_t *chunk, Py_ssize_t clen) noexcept nogil:
+    """Copy one encoded chunk (header included)."""
+    if pos < 0 or pos + clen > cap:
+        return -1
+    memcpy(out + pos, chunk, clen)
+    return pos + clen
+
+
+cdef inline Py_ssize_t _emit_replacing(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap,
+                                       uint32_t key, const uint8_t *setbuf, Py_ssize_t setlen,
+                                       uint64_t *done, const uint8_t *src,
+                                       Py_ssize_t before) noexcept nogil:
+    """At a source chunk of `key` that is skipped: the set chunks of that key, unless they were
+    already written at an earlier chunk of the same key. `done` marks the first 64 set chunks
+    written; later ones (only absurdly long `set` lists) look for an earlier chunk of the key in
+    src[6:before] instead (v1/v2 callers pass before=6: their keys never repeat)."""
+    cdef Py_ssize_t sp = 0, clen
+    cdef int i = 0
+    while sp + 6 <= setlen and pos >= 0:
+        clen = hep_rd16(setbuf + sp + 4)
+        if clen < 6 or sp + clen > setlen:
+            return -1
+        if _key_at(setbuf + sp) == key:
+            if i < 64:
+                if not (done[0] & ((<uint64_t>1) << i)):
+                    done[0] |= (<uint64_t>1) << i
+                    pos = _emit_raw(out, pos, cap, setbuf + sp, clen)
+            elif not _v3_has_key(src, 6, before, key):
+                pos = _emit_raw(out, pos, cap, setbuf + sp, clen)
+        sp += clen
+        i += 1
+    return pos
+
+
+cdef inline Py_ssize_t _emit_added(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap,
+                                   const uint8_t *setbuf, Py_ssize_t setlen,
+                                   const uint32_t *skip, int nskip, const uint8_t *src,
+                                   const hep_pkt *p, uint64_t done) noexcept nogil:
+    """The set chunks that replace nothing (their key is not in the packet, or not skipped)."""
+    cdef Py_ssize_t sp = 0, clen
+    cdef uint32_t key
+    cdef int i = 0
+    while sp + 6 <= setlen and pos >= 0:
+        clen = hep_rd16(setbuf + sp + 4)
+        if clen < 6 or sp + clen > setlen:
+            return -1
+        key = _key_at(setbuf + sp)
+        if not (i < 64 and (done & ((<uint64_t>1) << i))):
+            if not (_key_in(key, skip, nskip) and _src_has_key(src, p, key)):
+                pos = _emit_raw(out, pos, cap, setbuf + sp, clen)
+        sp += clen
+        i += 1
+    return pos
+
+
+cdef inline Py_ssize_t _emit_src(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap, uint32_t key,
+                                 const uint8_t *body, Py_ssize_t blen,
+                                 const uint8_t *setbuf, Py_ssize_t setlen,
+                                 const uint32_t *skip, int nskip, uint64_t *done,
+                                 const uint8_t *src, Py_ssize_t before) noexcept nogil:
+    """One chunk of the source packet: kept, or replaced by the set chunks of its key (none:
+    deleted)."""
+    if pos < 0:
+        return -1
+    if not _key_in(key, skip, nskip):
+        return _emit(out, pos, cap, <uint16_t>(key >> 16), <uint16_t>key, body, blen)
+    return _emit_replacing(out, pos, cap, key, setbuf, setlen, done, src, before)
+
+
 cdef inline Py_ssize_t _emit_fixed(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap, uint16_t ctype,
-                                   uint32_t v, int size, const uint32_t *skip,
-                                   int nskip) noexcept nogil:
+                                   uint32_t v, int size, const uint8_t *setbuf, Py_ssize_t setlen,
+                                   const uint32_t *skip, int nskip, uint64_t *done,
+                                   const uint8_t *src) noexcept nogil:
+    """A fixed-width generic chunk of a v1/v2 header, in network order."""
     cdef uint8_t tmp[4]
-    if _key_in(ctype, skip, nskip):
-        return pos
     if size == 1:
         tmp[0] = <uint8_t>v
     elif size == 2:
         hep_wr16(tmp, <uint16_t>v)
     else:
         hep_wr32(tmp, v)
-    return _emit(out, pos, cap, 0, ctype, tmp, size)
+    return _emit_src(out, pos, cap, ctype, tmp, size, setbuf, setlen, skip, nskip, done, src, 6)
 
 
 cdef inline Py_ssize_t _emit_var(uint8_t *out, Py_ssize_t pos, Py_ssize_t cap, uint16_t ctype,
-                                 const uint8_t *body, Py_ssize_t blen, const uint32_t *skip,
-                                 int nskip) noexcept nogil:
-    if _key_in(ctype, skip, nskip):
-        return pos
-    return _emit(out, pos, cap, 0, ctype, body, blen)
+                                 const uint8_t *body, Py_ssize_t blen, const uint8_t *setbuf,
+                                 Py_ssize_t setlen, const uint32_t *skip, int nskip,
+                                 uint64_t *done, const uint8_t *src) noexcept nogil:
+    return _emit_src(out, pos, cap, ctype, body, blen, setbuf, setlen, skip, nskip, done, src, 6)
+
+
+cdef inline Py_ssize_t hep_build_v3_body(const uint8_t *src, const hep_pkt *p,
+                                         const uint8_t *setbuf, Py_ssize_t setlen,
+                                         const uint32_t *skip, int nskip,
+                                         uint8_t *out, Py_ssize_t cap) noexcept nogil:
+    """hep_build_v3 without the 65535-byte limit and without writing the length field: the
+    end position, or -1 when it does not fit `cap`. (The slow-path decode of a large v1/v2
+    datagram lists the chunks of its v3 form even when that form cannot be sent.)"""
+    cdef Py_ssize_t pos = 6, rp, clen
+    cdef uint32_t key
+    cdef uint64_t done = 0
+    cdef bint added = False
+    if cap < 6:
+        return -1
+    memcpy(out, b"HEP3", 4)
+    if setlen == 0:
+        setbuf = NULL
+    if p.version == 3:
+        rp = 6
+        while rp < p.total and pos >= 0:
+            clen = hep_rd16(src + rp + 4)
+            key = _key_at(src + rp)
+            if not added and (key == CH_PAYLOAD or key == CH_ZPAYLOAD):
+                added = True
+                if setlen:
+                    pos = _emit_added(out, pos, cap, setbuf, setlen, skip, nskip, src, p, done)
+            if not _key_in(key, skip, nskip):
+                pos = _emit_raw(out, pos, cap, src + rp, clen)
+            elif setlen:
+                pos = _emit_replacing(out, pos, cap, key, setbuf, setlen, &done, src, rp)
+            rp += clen
+    else:
+        pos = _emit_fixed(out, pos, cap, CH_FAMILY, p.family_raw, 1, setbuf, setlen, skip, nskip,
+                          &done, src)
+        pos = _emit_fixed(out, pos, cap, CH_PROTO, p.ip_proto, 1, setbuf, setlen, skip, nskip,
+                          &done, src)
+        if p.family == 4:
+            pos = _emit_var(out, pos, cap, CH_SRC4, p.src4, 4, setbuf, setlen, skip, nskip,
+                            &done, src)
+            pos = _emit_var(out, pos, cap, CH_DST4, p.dst4, 4, setbuf, setlen, skip, nskip,
+                            &done, src)
+        else:
+            pos = _emit_var(out, pos, cap, CH_SRC6, p.src6, 16, setbuf, setlen, skip, nskip,
+                            &done, src)
+            pos = _emit_var(out, pos, cap, CH_DST6, p.dst6, 16, setbuf, setlen, skip, nskip,
+                            &done, src)
+        pos = _emit_fixed(out, pos, cap, CH_SPORT, p.src_port, 2, setbuf, setlen, skip, nskip,
+                          &done, src)
+        pos = _emit_fixed(out, pos, cap, CH_DPORT, p.dst_port, 2, setbuf, setlen, skip, nskip,
+                          &done, src)
+        if p.version == 2:
+            pos = _emit_fixed(out, pos, cap, CH_TSEC, p.ts_sec, 4, setbuf, setlen, skip, nskip,
+                              &done, src)
+            pos = _emit_fixed(out, pos, cap, CH_TUSEC, p.ts_usec, 4, setbuf, setlen, skip,
+                              nskip, &done, src)
+        pos = _emit_fixed(out, pos, cap, CH_PTYPE, p.proto_type, 1, setbuf, setlen, skip, nskip,
+                          &done, src)
+        if p.version == 2:
+            pos = _emit_fixed(out, pos, cap, CH_CAPID, p.capture_id, 4, setbuf, setlen, skip,
+                              nskip, &done, src)
+        added = True
+        if setlen and pos >= 0:
+            pos = _emit_added(out, pos, cap, setbuf, setlen, skip, nskip, src, p, done)
+        pos = _emit_var(out, pos, cap, CH_PAYLOAD, src + p.payload_off, p.payload_len,
+                        setbuf, setlen, skip, nskip, &done, src)
+    if not added and setlen and pos >= 0:
+        pos = _emit_added(out, pos, cap, setbuf, setlen, skip, nskip, src, p, done)
+    return pos
 
 
 cdef inline Py_ssize_t hep_build_v3(const uint8_t *src, const hep_pkt *p,
@@ -299,53 +482,13 @@ cdef inline Py_ssize_t hep_build_v3(const uint8_t *src, const hep_pkt *p,
                                     const uint32_t *skip, int nskip,
                                     uint8_t *out, Py_ssize_t cap) noexcept nogil:
     """Write a HEPv3 packet to out: the chunks of the parsed packet `src`/`p` whose key
-    (vendor << 16 | type) is not in `skip`, in their original order, then the pre-encoded chunks
-    of `setbuf`. The caller puts the keys of the `set` chunks into `skip` (replace semantics) as
+    (vendor << 16 | type) is not in `skip`, in their original order, with the pre-encoded chunks
+    of `setbuf` placed as the section comment above says (replacing in place, adding before the
+    payload). The caller puts the keys of the `set` chunks into `skip` (replace semantics) as
     well as the deleted ones. v1/v2 input becomes the equivalent v3 chunks. Returns the length,
     or -1 when the result does not fit `cap` or 65535 bytes."""
-    cdef Py_ssize_t pos = 6, rp, clen
-    cdef uint32_t key
-    if cap < 6:
-        return -1
-    memcpy(out, b"HEP3", 4)
-    if p.version == 3:
-        rp = 6
-        while rp < p.total:
-            clen = hep_rd16(src + rp + 4)
-            key = (<uint32_t>hep_rd16(src + rp) << 16) | hep_rd16(src + rp + 2)
-            if not _key_in(key, skip, nskip):
-                if pos + clen > cap:
-                    return -1
-                memcpy(out + pos, src + rp, clen)
-                pos += clen
-            rp += clen
-    else:
-        pos = _emit_fixed(out, pos, cap, CH_FAMILY, p.family_raw, 1, skip, nskip)
-        pos = _emit_fixed(out, pos, cap, CH_PROTO, p.ip_proto, 1, skip, nskip)
-        if p.family == 4:
-            pos = _emit_var(out, pos, cap, CH_SRC4, p.src4, 4, skip, nskip)
-            pos = _emit_var(out, pos, cap, CH_DST4, p.dst4, 4, skip, nskip)
-        else:
-            pos = _emit_var(out, pos, cap, CH_SRC6, p.src6, 16, skip, nskip)
-            pos = _emit_var(out, pos, cap, CH_DST6, p.dst6, 16, skip, nskip)
-        pos = _emit_fixed(out, pos, cap, CH_SPORT, p.src_port, 2, skip, nskip)
-        pos = _emit_fixed(out, pos, cap, CH_DPORT, p.dst_port, 2, skip, nskip)
-        if p.version == 2:
-            pos = _emit_fixed(out, pos, cap, CH_TSEC, p.ts_sec, 4, skip, nskip)
-            pos = _emit_fixed(out, pos, cap, CH_TUSEC, p.ts_usec, 4, skip, nskip)
-        pos = _emit_fixed(out, pos, cap, CH_PTYPE, p.proto_type, 1, skip, nskip)
-        if p.version == 2:
-            pos = _emit_fixed(out, pos, cap, CH_CAPID, p.capture_id, 4, skip, nskip)
-        pos = _emit_var(out, pos, cap, CH_PAYLOAD, src + p.payload_off, p.payload_len,
-                        skip, nskip)
-        if pos < 0:
-            return -1
-    if setlen:
-        if pos + setlen > cap:
-            return -1
-        memcpy(out + pos, setbuf, setlen)
-        pos += setlen
-    if pos > 65535:
+    cdef Py_ssize_t pos = hep_build_v3_body(src, p, setbuf, setlen, skip, nskip, out, cap)
+    if pos < 0 or pos > 65535:
         return -1
     hep_wr16(out + 4, <uint16_t>pos)
     return pos
@@ -354,9 +497,13 @@ cdef inline Py_ssize_t hep_build_v3(const uint8_t *src, const hep_pkt *p,
 cdef inline Py_ssize_t hep_build_v2(const uint8_t *src, const hep_pkt *p,
                                     uint8_t *out, Py_ssize_t cap) noexcept nogil:
     """Write the HEPv2 form of a parsed packet: what the fixed header can carry (family, proto,
-    ports, addresses, time, 16-bit capture id) and the payload. Returns -1 when the packet has
-    no usable address family or does not fit."""
+    ports, addresses, time, 16-bit capture id) and the payload. HEPv2 has no proto-type field:
+    its receivers take every payload for SIP, so anything else is refused with -2 (the worker
+    counts it as "unconvertible"). Returns -1 when the packet has no usable address family or
+    does not fit."""
     cdef Py_ssize_t alen, hdr
+    if p.proto_type != 1:
+        return -2
     if p.family == 4:
         alen = 4
     elif p.family == 6:

@@ -11,10 +11,10 @@ from types import ModuleType
 
 from hepfast.wire import pycodec as _pycodec
 from hepfast.wire import chunks
-from hepfast.wire.packet import DECODE_KEYS, HepError, HepPacket
+from hepfast.wire.packet import DECODE_KEYS, HepError, HepPacket, Unconvertible
 
 __all__ = ["decode", "reason", "rewrite", "to_v2", "to_v3", "encode", "get_impl", "IMPL",
-           "HepError", "HepPacket", "DECODE_KEYS", "build_set"]
+           "HepError", "HepPacket", "Unconvertible", "DECODE_KEYS", "build_set"]
 
 
 def _load_compiled() -> ModuleType:
@@ -56,7 +56,11 @@ def build_set(set: dict | None = None, delete=()) -> tuple[bytes, list[int]]:
 
 
 def rewrite(data, set: dict | None = None, delete=(), version: int = 3, impl=None) -> bytes:
-    """Set (add or replace) and delete chunks; the result is HEPv3, or HEPv2 with version=2."""
+    """Set (add or replace) and delete chunks; the result is HEPv3, or HEPv2 with version=2.
+
+    A replaced chunk keeps its place, an added one goes just before the payload chunk, so the
+    chunks after the payload stay exactly those the agent put there. HEPv2 carries SIP only: any
+    other proto type raises Unconvertible (a HepError)."""
     setbuf, skip = build_set(set, delete)
     return (impl or _impl).rewrite(data, setbuf, skip, version)
 

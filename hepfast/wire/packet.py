@@ -20,6 +20,20 @@ class HepError(ValueError):
         super().__init__(f"invalid HEP ({self.name}){': ' + detail if detail else ''}")
 
 
+class Unconvertible(HepError):
+    """A valid packet that HEPv2 cannot represent: v2 has no proto-type field, so its receivers
+    take every payload for SIP, and only SIP (proto type 1) is converted. `name` is the drop
+    reason the data plane counts it under (hepfast_packets_dropped_total{reason="unconvertible"})."""
+
+    def __init__(self, proto_type: int | None):
+        self.proto_type = proto_type
+        what = "no proto type" if proto_type is None else f"proto type {proto_type}"
+        ValueError.__init__(self, f"{what}, not SIP: HEPv2 can only carry SIP "
+                                  "(route it to a HEPv3 destination)")
+        self.reason = reasons.VERSION
+        self.name = reasons.DROP_NAMES[reasons.DROP_UNCONVERTIBLE]
+
+
 # The keys of `hepfast decode` (design.md section 3, a contract), in order.
 DECODE_KEYS = (
     "version", "proto_family", "proto_id", "src_ip", "dst_ip", "src_port", "dst_port",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 from hepfast.wire import chunks
-from hepfast.wire.packet import HepError, HepPacket
+from hepfast.wire.packet import HepError, HepPacket, Unconvertible
 
 OK, SHORT, MAGIC, LENGTH, CHUNK, VERSION = range(6)
 
@@ -165,19 +165,55 @@ def decode(data) -> HepPacket:
     return _packet(data[0], len(data), _v12_chunks(data, fam, hdr))
 
 
-def _encode(chunks) -> bytes:
-    body = b"".join(struct.pack(">HHH", v, t, len(b) + 6) + b for v, t, b in chunks)
-    return b"HEP3" + struct.pack(">H", len(body) + 6) + body
+def _split_setbuf(setbuf: bytes) -> list[tuple[int, bytes]]:
+    """[(key, encoded chunk)] of pre-encoded set chunks."""
+    out = []
+    pos = 0
+    while pos + 6 <= len(setbuf):
+        clen = (setbuf[pos + 4] << 8) | setbuf[pos + 5]
+        if clen < 6 or pos + clen > len(setbuf):
+            raise HepError(LENGTH, "malformed set chunks")
+        key = (setbuf[pos] << 24) | (setbuf[pos + 1] << 16) | (setbuf[pos + 2] << 8) | setbuf[pos + 3]
+        out.append((key, setbuf[pos:pos + clen]))
+        pos += clen
+    return out
+
+
+_PAYLOAD_KEYS = (0x0F, 0x10)
+
+
+def _v3_body(data, setbuf: bytes = b"", skip=()) -> bytes:
+    """The chunks of the v3 form, rewritten (hepwire.pxd's building section states the order):
+    kept chunks keep their place, a set chunk replaces the first skipped chunk of its key in
+    place, the other set chunks go before the first payload chunk (or at the end)."""
+    p = decode(data)
+    skipset = set(skip)
+    sets = _split_setbuf(bytes(setbuf))
+    src_keys = {(v << 16) | t for v, t, _ in p.chunks}
+    added = [c for k, c in sets if not (k in skipset and k in src_keys)]
+    replaced: set[int] = set()
+    out: list[bytes] = []
+    placed = False
+    for v, t, b in p.chunks:
+        key = (v << 16) | t
+        if not placed and key in _PAYLOAD_KEYS:
+            out += added
+            placed = True
+        if key not in skipset:
+            out.append(struct.pack(">HHH", v, t, len(b) + 6) + b)
+        elif key not in replaced:
+            replaced.add(key)
+            out += [c for k, c in sets if k == key]
+    if not placed:
+        out += added
+    return b"".join(out)
 
 
 def rewrite(data, setbuf: bytes = b"", skip=(), version: int = 3) -> bytes:
     """The packet as HEPv3 (or v2) with the chunks whose key (vendor<<16|type) is in `skip`
-    removed and the pre-encoded chunks of `setbuf` appended."""
-    data = bytes(data)
-    p = decode(data)
-    skipset = set(skip)
-    kept = [(v, t, b) for v, t, b in p.chunks if ((v << 16) | t) not in skipset]
-    body = b"".join(struct.pack(">HHH", v, t, len(b) + 6) + b for v, t, b in kept) + bytes(setbuf)
+    removed and the pre-encoded chunks of `setbuf` put in (in place of a skipped chunk of the same
+    key, else before the payload). HEPv2 of a packet that is not SIP raises Unconvertible."""
+    body = _v3_body(data, setbuf, skip)
     if len(body) + 6 > 65535:
         raise HepError(LENGTH, "rewritten packet exceeds 65535 bytes")
     out = b"HEP3" + struct.pack(">H", len(body) + 6) + body
@@ -188,6 +224,8 @@ def rewrite(data, setbuf: bytes = b"", skip=(), version: int = 3) -> bytes:
 
 def to_v2(data) -> bytes:
     p = decode(data)
+    if p.proto_type != 1:
+        raise Unconvertible(p.proto_type)
     fam = p.family
     if fam not in (4, 6):
         raise HepError(VERSION, "no address family: cannot express as HEPv2")
