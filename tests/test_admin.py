@@ -1,7 +1,9 @@
-"""hepfast.observe.admin (the admin HTTP API over a fake supervisor) and hepfast.observe.log.
+"""hepfast.observe.admin (the admin HTTP API over a fake supervisor), hepfast.observe.redact, the
+admin checks of hepfast.config.validate, and hepfast.observe.log.
 
 Real HTTP on 127.0.0.1 with an ephemeral port; the rate sampler runs on a fake clock the test
-advances, so rates are exact without any sleeping.
+advances, so rates are exact without any sleeping. Connection limits and timeouts are tested with
+raw sockets and small limits; every wait is bounded.
 """
 from __future__ import annotations
 
@@ -49,9 +51,10 @@ def admin(sup, clock):
         a.stop()
 
 
-def http(admin, path, method="GET", data=None):
+def http(admin, path, method="GET", data=None, headers=None):
     """(status, headers, body text) without raising on 4xx/5xx."""
-    req = urllib.request.Request(f"{admin.url}{path}", method=method, data=data)
+    req = urllib.request.Request(f"{admin.url}{path}", method=method, data=data,
+                                 headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.headers, r.read().decode()
@@ -243,6 +246,392 @@ def test_parse_listen():
     assert parse_listen(("0.0.0.0", 0)) == ("0.0.0.0", 0)
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen("localhost")
+
+
+# ------------------------------------------------------------------------------ token, Host, Origin
+
+TOKEN = "t0ken-for-tests-9f3a"
+
+
+@pytest.fixture
+def guarded(sup, clock):
+    """An admin API with a token, and a tight connection limit and timeout."""
+    a = AdminServer(sup, "127.0.0.1:0", token=TOKEN, sampler=False, clock=clock,
+                    max_connections=4, timeout_s=0.5)
+    a.start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def bearer(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_status_and_reload_need_the_token(guarded, sup):
+    for path, method in (("/status", "GET"), ("/reload", "POST")):
+        data = b"" if method == "POST" else None
+        code, headers, body = http(guarded, path, method, data)
+        assert code == 401, (path, body)
+        assert headers["WWW-Authenticate"] == 'Bearer realm="hepfast admin"'
+        assert "admin.token" in body and "Authorization: Bearer" in body
+        code, headers, body = http(guarded, path, method, data, bearer("wrong-token"))
+        assert code == 401 and "wrong" in body
+        assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+        code, headers, body = http(guarded, path, method, data, {"Authorization": TOKEN})
+        assert code == 401                                   # the scheme is required
+    assert sup.reload_calls == 0
+    assert http(guarded, "/status", headers=bearer())[0] == 200
+    assert http(guarded, "/reload", "POST", b"", bearer())[0] == 200
+    assert sup.reload_calls == 1
+
+
+def test_healthz_and_metrics_open_by_default(guarded):
+    assert http(guarded, "/healthz")[0] == 200
+    code, _, body = http(guarded, "/metrics")
+    assert code == 200 and "hepfast_config_reloads_total" in body
+
+
+def test_metrics_auth_puts_metrics_behind_the_token(sup):
+    a = AdminServer(sup, "127.0.0.1:0", token=TOKEN, metrics_auth=True, sampler=False)
+    a.start()
+    try:
+        assert http(a, "/metrics")[0] == 401
+        code, _, body = http(a, "/metrics", headers=bearer())
+        assert code == 200 and "hepfast_config_reloads_total" in body
+        assert http(a, "/healthz")[0] == 200                 # probes never need the token
+    finally:
+        a.stop()
+
+
+def _config(admin_lines: str, listener_lines: str = "") -> str:
+    return ("[admin]\n" + admin_lines + "\n[[listeners]]\nname = \"a\"\n"
+            "listen = \"127.0.0.1:0\"\n" + listener_lines + "\n[destinations.d]\n"
+            "targets = [\"127.0.0.1:9\"]\n[[rules]]\nname = \"r\"\nforward = [\"d\"]\n")
+
+
+def test_token_comes_from_the_running_config_and_rotates(sup, monkeypatch):
+    from hepfast.config import parse_config
+
+    monkeypatch.setenv("HEPFAST_TEST_ADMIN_TOKEN", "from-the-environment-1")
+    sup.compiled.config = parse_config(_config('listen = "127.0.0.1:0"\n'
+                                               'token_env = "HEPFAST_TEST_ADMIN_TOKEN"'))
+    a = AdminServer(sup, "127.0.0.1:0", sampler=False)
+    a.start()
+    try:
+        assert http(a, "/status")[0] == 401
+        assert http(a, "/status", headers=bearer("from-the-environment-1"))[0] == 200
+        # a reload publishes a new config: its token is the one in force at once
+        sup.compiled.config = parse_config(_config('listen = "127.0.0.1:0"\n'
+                                                   'token = "rotated-token-2"\n'
+                                                   'metrics_auth = true'))
+        assert http(a, "/status", headers=bearer("from-the-environment-1"))[0] == 401
+        assert http(a, "/status", headers=bearer("rotated-token-2"))[0] == 200
+        assert http(a, "/metrics")[0] == 401
+    finally:
+        a.stop()
+
+
+def raw(admin, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes as they are, read until the server closes or stops sending (bounded)."""
+    with socket.create_connection(("127.0.0.1", admin.port), timeout=timeout) as s:
+        s.sendall(request)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out:
+                head, _, body = out.partition(b"\r\n\r\n")
+                n = [int(ln.split(b":")[1]) for ln in head.split(b"\r\n")
+                     if ln.lower().startswith(b"content-length:")]
+                if n and len(body) >= n[0]:
+                    break
+        return out
+
+
+def test_host_must_be_loopback_on_a_loopback_listener(guarded):
+    port = guarded.port
+    ok = [f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}",
+          "127.0.0.1", "localhost", f"127.1.2.3:{port}"]
+    bad = [f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}", f"10.0.0.1:{port}",
+           f"localhost.evil.example:{port}", "[::1", f"127.0.0.1:{port}:1"]
+    for host in ok:
+        assert http(guarded, "/healthz", headers={"Host": host})[0] == 200, host
+    for host in bad:
+        code, _, body = http(guarded, "/healthz", headers={"Host": host})
+        assert code == 403, host
+        assert "not this admin API" in body
+    # the token does not excuse a foreign Host (a rebound page could have learnt it)
+    assert http(guarded, "/status", headers={"Host": "evil.example", **bearer()})[0] == 403
+    # no Host at all (HTTP/1.0 tools): a browser always sends one, so this is no rebinding
+    assert raw(guarded, b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")
+
+
+def test_cross_site_form_post_to_reload_is_refused(admin, sup):
+    """No token configured (loopback only): the Origin check alone stops a web page."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for origin in ("http://evil.example", "null", f"http://127.0.0.1:{admin.port + 1}",
+                   f"https://127.0.0.1:{admin.port}"):
+        code, _, body = http(admin, "/reload", "POST", b"a=b", {**form, "Origin": origin})
+        assert code == 403 and "cross-origin" in body, origin
+    # foreign Host and Origin together (what a rebound page sends)
+    code, _, _ = http(admin, "/reload", "POST", b"a=b",
+                      {**form, "Origin": "http://evil.example", "Host": "evil.example"})
+    assert code == 403
+    assert sup.reload_calls == 0
+    code, _, _ = http(admin, "/reload", "POST", b"",
+                      {"Origin": f"http://127.0.0.1:{admin.port}"})       # its own origin
+    assert code == 200 and sup.reload_calls == 1
+
+
+def test_body_limits(admin, sup):
+    big = raw(admin, b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9999999\r\n"
+                     b"\r\n")
+    assert big.startswith(b"HTTP/1.1 413")
+    chunked = raw(admin, b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411")
+    assert sup.reload_calls == 0
+
+
+# ------------------------------------------------------------------------------ bounded resources
+
+def _conn_threads() -> int:
+    import threading
+    return sum(1 for t in threading.enumerate() if t.name == "hepfast-admin-conn")
+
+
+def _wait_closed(s: socket.socket, timeout: float = 10.0) -> bytes:
+    """What the server sent before closing `s` (bounded); raises if it is still open."""
+    import time
+    s.settimeout(0.2)
+    out = b""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+    raise AssertionError(f"the server kept the connection open for {timeout} s")
+
+
+def test_half_sent_request_is_dropped(guarded):
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=5) as s:
+        s.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")        # never finished
+        assert _wait_closed(s) == b""
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=5) as s:
+        pass                                                              # idle: not a byte
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=5) as s:
+        assert _wait_closed(s) == b""
+
+
+def test_trickled_request_is_dropped_by_the_whole_request_deadline(guarded):
+    """One byte at a time, each well within a per-read timeout: the deadline is per request."""
+    import time
+    req = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 400 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=5) as s:
+        sent = 0
+        try:
+            for i in range(len(req)):
+                s.send(req[i:i + 1])
+                sent += 1
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _wait_closed(s)
+    assert sent < len(req), "the server waited for the whole trickled request"
+    assert b"200 OK" not in answer
+
+
+def test_connections_are_bounded_and_recover(guarded):
+    held = [socket.create_connection(("127.0.0.1", guarded.port), timeout=5) for _ in range(4)]
+    try:
+        for s in held:
+            s.sendall(b"GET /status HTTP/1.1\r\n")                       # half-sent
+        import time
+        end = time.monotonic() + 10
+        while _conn_threads() < 4 and time.monotonic() < end:
+            time.sleep(0.01)
+        extra = [socket.create_connection(("127.0.0.1", guarded.port), timeout=5)
+                 for _ in range(20)]
+        answers = []
+        for s in extra:
+            try:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answers.append(_wait_closed(s))
+            s.close()
+        assert _conn_threads() <= 4
+        # each extra connection was answered 503 (or closed before it could be): never served
+        assert all(a.startswith(b"HTTP/1.1 503") or a == b"" for a in answers), answers
+        assert guarded.refused >= 1
+        assert any(a.startswith(b"HTTP/1.1 503") for a in answers)
+        # the held ones time out, and the API serves again
+        for s in held:
+            assert _wait_closed(s) == b""
+    finally:
+        for s in held:
+            s.close()
+    assert http(guarded, "/healthz")[0] == 200
+
+
+def test_keep_alive_serves_several_requests(guarded):
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=5) as s:
+        f = s.makefile("rb")
+        for _ in range(3):
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert f.readline().startswith(b"HTTP/1.1 200")
+            while f.readline() not in (b"\r\n", b""):
+                pass
+            assert f.read(3) == b"ok\n"
+
+
+# ------------------------------------------------------------------------------ secrets
+
+def test_secrets_masked_in_reload_answer_status_and_log(sup, tmp_path, caplog):
+    from hepfast.config import parse_config
+
+    cfg = tmp_path / "hepfast.toml"
+    text = _config('listen = "127.0.0.1:0"\ntoken = "admin-token-0042"',
+                   'auth_key = "agent-key-7731"')
+    cfg.write_text(text)
+    sup.config_path = cfg
+    sup.compiled.config = parse_config(text)
+    # a refused file's own secrets are masked too (here: a DSN password it introduces)
+    cfg.write_text(text + '[destinations.pg]\ntransport = "postgres"\n'
+                   'dsn = "postgresql://homer:pg-pass-5521@db/homer"\n')
+    sup.reload_result = (False, 'listeners[0].auth_key: "agent-key-7731" is wrong; '
+                                'destinations.pg.dsn: cannot reach '
+                                'postgresql://homer:pg-pass-5521@db/homer')
+    a = AdminServer(sup, "127.0.0.1:0", sampler=False)
+    a.start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="hepfast.observe.admin"):
+            code, _, body = http(a, "/reload", "POST", b"", bearer("admin-token-0042"))
+            st = http(a, "/status", headers=bearer("admin-token-0042"))[2]
+
+            def boom():
+                raise RuntimeError("lost admin-token-0042 and agent-key-7731")
+            sup.request_reload = boom
+            code500, _, body500 = http(a, "/reload", "POST", b"", bearer("admin-token-0042"))
+    finally:
+        a.stop()
+    assert code == 400 and "listeners[0].auth_key" in body and "***" in body
+    assert json.loads(st)["reloads"]["last_error"].count("***") == 2
+    assert code500 == 500 and "***" in body500
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "lost ***" in logged
+    for secret in ("agent-key-7731", "pg-pass-5521", "admin-token-0042"):
+        assert secret not in body and secret not in st and secret not in body500, secret
+        assert secret not in logged, secret
+
+
+def test_mask_secrets_and_redact():
+    from hepfast.observe.redact import mask_secrets, redact, secrets_of
+
+    assert mask_secrets("key s3cr3t-key here", ["s3cr3t-key"]) == "key *** here"
+    assert mask_secrets("postgresql://homer:hunter2@db:5432/homer") == \
+        "postgresql://homer:***@db:5432/homer"
+    assert mask_secrets('auth_key = "abc123" and token=xyz; Authorization: Bearer QWE.rty') == \
+        'auth_key = "***" and token=***; Authorization: Bearer ***'
+    assert mask_secrets("host=db password=hunter2 dbname=x") == "host=db password=*** dbname=x"
+    # the field names themselves are not secrets: errors stay readable
+    assert mask_secrets("admin.token: set a token") == "admin.token: set a token"
+    doc = {"listeners": [{"name": "a", "auth_key": "k1"}],
+           "destinations": {"pg": {"dsn": "postgresql://u:pw9@h/db", "auth_key": ""}},
+           "admin": {"token": "tk", "token_env": "NOPE_UNSET_VAR"}, "note": "k1 leaked"}
+    assert redact(doc, ["k1"]) == {
+        "listeners": [{"name": "a", "auth_key": "***"}],
+        "destinations": {"pg": {"dsn": "postgresql://u:***@h/db", "auth_key": ""}},
+        "admin": {"token": "***", "token_env": "NOPE_UNSET_VAR"}, "note": "*** leaked"}
+    assert sorted(secrets_of(doc, environ={})) == ["k1", "pw9", "tk"]
+    assert "sekrit" in secrets_of({"admin": {"token_env": "T"}}, environ={"T": "sekrit"})
+    assert secrets_of({}, environ={"HEPFAST_ADMIN_TOKEN": "envtok"}) == ["envtok"]
+
+
+def test_secret_filter_masks_message_args_and_traceback():
+    from hepfast.observe.redact import SecretFilter
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    logger = logging.getLogger("hepfast.test.redact")
+    h = Keep()
+    h.addFilter(SecretFilter(lambda: ["k-123"]))
+    logger.addHandler(h)
+    logger.propagate = False
+    try:
+        logger.error("refused key %s", "k-123")
+        try:
+            raise ValueError("bad key k-123")
+        except ValueError:
+            logger.exception("reload failed")
+    finally:
+        logger.removeHandler(h)
+        logger.propagate = True
+    assert records[0] == "refused key ***"
+    assert "reload failed | Traceback" in records[1] and "bad key ***" in records[1]
+    assert all("k-123" not in r for r in records)
+
+
+# ------------------------------------------------------------------------------ config checks
+
+@pytest.mark.parametrize("admin_lines,path,words", [
+    ('listen = "0.0.0.0:9096"', "admin.token", "not a loopback address"),
+    ('listen = "[::]:9096"', "admin.token", "not a loopback address"),
+    ('listen = "10.1.2.3:9096"\ntoken = ""', "admin.token", "set admin.token"),
+    ('listen = "127.0.0.1:9096"\ntoken = "has space"', "admin.token", "printable ASCII"),
+    ('listen = "127.0.0.1:9096"\ntoken_env = "HEPFAST_TEST_UNSET_VAR"', "admin.token_env",
+     "HEPFAST_TEST_UNSET_VAR is not set"),
+    ('listen = "127.0.0.1:9096"\ntoken_env = "not a name"', "admin.token_env",
+     "not an environment variable name"),
+    ('listen = "127.0.0.1:9096"\nmetrics_auth = true', "admin.metrics_auth", "no token"),
+])
+def test_admin_config_refused_naming_the_field(admin_lines, path, words, monkeypatch):
+    from hepfast.config import ConfigError, parse_config
+
+    monkeypatch.delenv("HEPFAST_TEST_UNSET_VAR", raising=False)
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_config(admin_lines))
+    assert str(ei.value).startswith(f"{path}: ")
+    assert words in str(ei.value)
+    assert "has space" not in str(ei.value)                  # the value is never quoted
+
+
+def test_admin_config_accepted(monkeypatch):
+    from hepfast.config import parse_config
+    from hepfast.config.validate import admin_token
+
+    monkeypatch.setenv("HEPFAST_TEST_TOKEN_VAR", "env-token-1")
+    cfg = parse_config(_config('listen = "0.0.0.0:9096"\ntoken_env = "HEPFAST_TEST_TOKEN_VAR"'))
+    assert admin_token(cfg.admin) == "env-token-1"
+    cfg = parse_config(_config('listen = "[::]:9096"\ntoken = "file-token-2"'))
+    assert admin_token(cfg.admin) == "file-token-2"
+    assert admin_token(parse_config(_config('listen = "localhost:9096"')).admin) == ""
+
+
+def test_non_loopback_without_token_refuses_to_start(sup):
+    from hepfast.config import ConfigError
+
+    a = AdminServer(sup, "0.0.0.0:0", sampler=False)
+    with pytest.raises(ConfigError, match="^admin.token: "):
+        a.start()
+    assert a._httpd is None                                  # nothing was bound
 
 
 # ------------------------------------------------------------------------------ hepfast.observe.log

@@ -1,6 +1,8 @@
 """Checks beyond types: names, references between sections, addresses, ranges, chunk names."""
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 
 from hepfast.config.errors import ConfigError
@@ -35,7 +37,27 @@ def _check_name(path: str, name: str, what: str) -> None:
                                 f"(not starting with a punctuation mark)")
 
 
+# Transports this version implements (the schema knows more): checked first, so an operator is
+# told before anything else.
+IMPLEMENTED_LISTENER_TRANSPORTS = ("udp",)
+IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file")
+
+
+def _check_implemented(cfg: Config) -> None:
+    for i, lst in enumerate(cfg.listeners):
+        if lst.transport not in IMPLEMENTED_LISTENER_TRANSPORTS:
+            raise ConfigError(f"listeners[{i}].transport",
+                              f"transport {lst.transport} is not supported yet (this version "
+                              f"listens on: {', '.join(IMPLEMENTED_LISTENER_TRANSPORTS)})")
+    for name, d in cfg.destinations.items():
+        if d.transport not in IMPLEMENTED_DESTINATION_TRANSPORTS:
+            raise ConfigError(f"destinations.{_qkey(name)}.transport",
+                              f"transport {d.transport} is not supported yet (this version sends "
+                              f"with: {', '.join(IMPLEMENTED_DESTINATION_TRANSPORTS)})")
+
+
 def validate(cfg: Config) -> None:
+    _check_implemented(cfg)
     dests = cfg.destinations
     for name, d in dests.items():
         p = f"destinations.{_qkey(name)}"
@@ -76,6 +98,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("switch.default", _unknown_dest(cfg.switch.default, dests)
                           + "; or \"drop\"")
     _check("admin.listen", parse_hostport, cfg.admin.listen, allow_zero=True)
+    _validate_admin(cfg)
 
     if not cfg.listeners:
         raise ConfigError("listeners", "no listener: add a [[listeners]] table with name and "
@@ -96,7 +119,7 @@ def validate(cfg: Config) -> None:
                                              f"listeners[{addrs[key]}]")
         addrs[key] = i
         for j, c in enumerate(lst.allow):
-            _check(f"{p}.allow[{j}]", parse_cidr, c)
+            _check_allow(f"{p}.allow[{j}]", c)
 
     rnames: dict[str, int] = {}
     for i, r in enumerate(cfg.rules):
@@ -141,6 +164,70 @@ def validate(cfg: Config) -> None:
                 set_keys[key] = name
         for j, name in enumerate(r.delete):
             _check(f"{p}.delete[{j}]", chunks.chunk_keys, name)
+
+
+# ------------------------------------------------------------------------------ admin API, ACLs
+
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback addresses (127.0.0.0/8, ::1)."""
+    h = host.strip().strip("[]").rstrip(".").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_token(admin, environ=None) -> str:
+    """The admin API's bearer token: `admin.token` (where hepfast.config.env puts
+    HEPFAST_ADMIN_TOKEN), else the environment variable `admin.token_env` names; "" for none."""
+    if admin.token:
+        return admin.token
+    if admin.token_env:
+        return (os.environ if environ is None else environ).get(admin.token_env, "")
+    return ""
+
+
+def _validate_admin(cfg: Config) -> None:
+    """A token wherever the admin API is reachable from elsewhere, and a usable one."""
+    a = cfg.admin
+    host, _port = parse_hostport(a.listen, allow_zero=True)
+    if a.token_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", a.token_env):
+            raise ConfigError("admin.token_env", f"{a.token_env!r} is not an environment "
+                                                 f"variable name (letters, digits, _)")
+        if not a.token and not os.environ.get(a.token_env):
+            raise ConfigError("admin.token_env", f"the environment variable {a.token_env} is "
+                                                 f"not set or empty: export it, or remove "
+                                                 f"admin.token_env")
+    token = admin_token(a)
+    # The value itself is never quoted: error messages must not carry secrets.
+    if token and not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise ConfigError("admin.token", "the token travels in an HTTP header: use printable "
+                                         "ASCII without spaces")
+    if not token and not is_loopback(host):
+        raise ConfigError("admin.token", f"admin.listen = \"{a.listen}\" is not a loopback "
+                                         f"address, so the admin API needs a bearer token: set "
+                                         f"admin.token (or admin.token_env, or the "
+                                         f"HEPFAST_ADMIN_TOKEN variable), or listen on "
+                                         f"127.0.0.1")
+    if a.metrics_auth and not token:
+        raise ConfigError("admin.metrics_auth", "puts /metrics behind the token, but no token "
+                                                "is set: set admin.token (or admin.token_env)")
+
+
+_V4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _check_allow(path: str, cidr) -> None:
+    """A listener's `allow` CIDR, refusing ranges that can never match a sender."""
+    net = _check(path, parse_cidr, cidr)
+    if net.version == 6 and net.subnet_of(_V4_MAPPED):
+        v4 = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+        raise ConfigError(path, f"{cidr!r} is an IPv4-mapped IPv6 range, which never matches: "
+                                f"IPv4 senders are matched as IPv4, also on a dual-stack [::] "
+                                f"listener; write the IPv4 form \"{v4}\"")
 
 
 def _unknown_dest(name: str, dests: dict) -> str:
