@@ -158,3 +158,55 @@ def test_interactive_redraws_and_quits_on_q(served):
             proc.kill()
             proc.wait(timeout=5)
         os.close(master)
+
+
+TOKEN = "top-test-token-31337"
+
+
+@pytest.fixture
+def guarded():
+    sup = FakeSup(workers=1)
+    sup.add(0, C.OFF_RECEIVED + 1, 42)
+    admin = AdminServer(sup, "127.0.0.1:0", token=TOKEN, sampler=False)
+    admin.start()
+    try:
+        yield admin
+    finally:
+        admin.stop()
+
+
+def hepfast_env(*args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "HEPFAST_ADMIN_TOKEN"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "hepfast", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env=env)
+
+
+def test_token_required_says_how_to_give_it(guarded):
+    r = hepfast_env("top", "--once", "--admin", f"127.0.0.1:{guarded.port}")
+    assert r.returncode == 1
+    assert "401" in r.stderr and "--token, HEPFAST_ADMIN_TOKEN or -c CONFIG" in r.stderr
+    r = hepfast_env("top", "--once", "--admin", f"127.0.0.1:{guarded.port}", "--token", "nope")
+    assert r.returncode == 1 and "the token sent is wrong" in r.stderr
+    assert "nope" not in r.stderr
+
+
+def test_token_from_option_environment_or_config(guarded, tmp_path):
+    addr = f"127.0.0.1:{guarded.port}"
+    r = hepfast_env("top", "--once", "--admin", addr, "--token", TOKEN)
+    assert r.returncode == 0, r.stderr
+    assert "agents" in r.stdout and "42" in r.stdout
+    r = hepfast_env("top", "--once", "--admin", addr, env_extra={"HEPFAST_ADMIN_TOKEN": TOKEN})
+    assert r.returncode == 0, r.stderr
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[admin]\nlisten = "{addr}"\ntoken_env = "TOP_TEST_TOKEN"\n'
+                   '[[listeners]]\nname = "a"\nlisten = "127.0.0.1:0"\n'
+                   '[destinations.d]\ntargets = ["127.0.0.1:9"]\n'
+                   '[[rules]]\nname = "r"\nforward = ["d"]\n')
+    r = hepfast_env("top", "--once", "-c", str(cfg), env_extra={"TOP_TEST_TOKEN": TOKEN})
+    assert r.returncode == 0, r.stderr
+    assert addr in r.stdout
+    # --token wins over the environment
+    r = hepfast_env("top", "--once", "--admin", addr, "--token", "wrong",
+                    env_extra={"HEPFAST_ADMIN_TOKEN": TOKEN})
+    assert r.returncode == 1

@@ -5,6 +5,11 @@ health, workers and reloads. Rates are the admin API's (measured over its sampli
 every viewer sees the same numbers. `--once` prints one frame and exits (scripts, tests, pipes);
 otherwise the screen is redrawn every `--interval` seconds until q or Ctrl-C. When stdout is not a
 terminal frames are printed one after the other, without escape codes.
+
+/status needs the admin token when the switch has one: `--token`, else the HEPFAST_ADMIN_TOKEN
+environment variable, else the token of the `-c` config (admin.token or admin.token_env). It is
+sent as `Authorization: Bearer TOKEN`; prefer the variable or the config over `--token`, which
+other users of the machine can read in the process list.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ def add_arguments(p) -> None:
                    help=f"admin API address (admin.listen); default: from -c, else {DEFAULT_ADMIN}")
     p.add_argument("-c", "--config", metavar="CONFIG",
                    help="read admin.listen from this configuration file")
+    p.add_argument("--token", metavar="TOKEN",
+                   help="admin API bearer token; default: $HEPFAST_ADMIN_TOKEN, else from -c")
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true",
@@ -116,7 +123,7 @@ class Unreachable(Exception):
     pass
 
 
-def fetch(admin: str, timeout: float = 2.0) -> dict:
+def fetch(admin: str, timeout: float = 2.0, token: str = "") -> dict:
     """The /status document, or Unreachable saying why."""
     import urllib.error
     import urllib.request
@@ -124,10 +131,17 @@ def fetch(admin: str, timeout: float = 2.0) -> dict:
     import msgspec
 
     url = f"http://{admin}/status"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=timeout) as resp:
             return msgspec.json.decode(resp.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            hint = ("the token sent is wrong" if token else
+                    "no token given: use --token, HEPFAST_ADMIN_TOKEN or -c CONFIG")
+            raise Unreachable(f"{url} answered 401: the admin API needs its token "
+                              f"(admin.token); {hint}") from None
         raise Unreachable(f"{url} answered {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -137,21 +151,27 @@ def fetch(admin: str, timeout: float = 2.0) -> dict:
                           "is admin.listen another service?") from None
 
 
-def _admin_address(args) -> str:
-    if args.admin:
-        return args.admin
+def _admin_address(args) -> tuple[str, str]:
+    """(HOST:PORT, token) from the options, the environment and the -c config."""
+    import os
+
+    cfg = None
     if args.config:
         from hepfast.config import load_config
         cfg = load_config(args.config)      # ConfigError is reported by main
-        return cfg.admin.listen
-    return DEFAULT_ADMIN
+    address = args.admin or (cfg.admin.listen if cfg is not None else DEFAULT_ADMIN)
+    token = args.token or os.environ.get("HEPFAST_ADMIN_TOKEN", "")
+    if not token and cfg is not None:
+        from hepfast.config.validate import admin_token
+        token = admin_token(cfg.admin)
+    return address, token
 
 
 def main(args) -> int:
     import sys
 
     try:
-        admin = _admin_address(args)
+        admin, token = _admin_address(args)
     except Exception as exc:  # noqa: BLE001 - ConfigError or OSError: say it and stop
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
@@ -159,8 +179,11 @@ def main(args) -> int:
         print("error: --interval must be greater than 0", file=sys.stderr)
         return 2
     try:
-        st = fetch(admin)
+        st = fetch(admin, token=token)
     except Unreachable as exc:
+        if "answered 401" in str(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"error: {exc}: is hepfast running? admin.listen is {admin} "
               "(use --admin HOST:PORT or -c CONFIG to look elsewhere)", file=sys.stderr)
         return 1
@@ -169,11 +192,11 @@ def main(args) -> int:
         sys.stdout.flush()
         return 0
     if sys.stdout.isatty():
-        return _interactive(admin, args.interval, st)
-    return _stream(admin, args.interval, st)
+        return _interactive(admin, args.interval, st, token)
+    return _stream(admin, args.interval, st, token)
 
 
-def _stream(admin: str, interval: float, st: dict) -> int:
+def _stream(admin: str, interval: float, st: dict, token: str = "") -> int:
     """Not a terminal: a frame per interval, separated by blank lines, no escape codes."""
     import sys
     import time
@@ -183,13 +206,13 @@ def _stream(admin: str, interval: float, st: dict) -> int:
         sys.stdout.flush()
         time.sleep(interval)
         try:
-            st = fetch(admin)
+            st = fetch(admin, token=token)
         except Unreachable as exc:
             print(f"error: {exc}: hepfast stopped?", file=sys.stderr)
             return 1
 
 
-def _interactive(admin: str, interval: float, st: dict | None) -> int:
+def _interactive(admin: str, interval: float, st: dict | None, token: str = "") -> int:
     import os
     import select
     import shutil
@@ -228,7 +251,7 @@ def _interactive(admin: str, interval: float, st: dict | None) -> int:
                     if not ch or b"q" in ch.lower() or b"\x03" in ch:
                         return 0
             try:
-                st, err = fetch(admin), None
+                st, err = fetch(admin, token=token), None
             except Unreachable as exc:
                 err = str(exc)
     except KeyboardInterrupt:
