@@ -504,3 +504,76 @@ def test_mutations_never_crash_and_codecs_agree(data):
 
 def test_corpus_dir_constant():
     assert CORPUS_DIR.name == "corpus"
+
+
+# ---------------------------------------------------------------- chunk cap (parsing cost bound)
+
+def _many_chunks(n: int, sip: bool = True) -> bytes:
+    """A valid SIP-over-IPv4 HEPv3 packet of exactly n chunks (n >= 9): the usual fixed chunks,
+    empty vendor chunks as filler, the payload last."""
+    head = [(0, 1, b"\x02"), (0, 2, b"\x11"), (0, 3, bytes([10, 0, 0, 1])),
+            (0, 4, bytes([10, 0, 0, 2])), (0, 7, struct.pack(">H", 5060)),
+            (0, 8, struct.pack(">H", 5080)), (0, 0x0B, b"\x01" if sip else b"\x05"),
+            (0, 0x0C, struct.pack(">I", 2001))]
+    filler = [(9, 0x200, b"")] * (n - len(head) - 1)
+    return encode_packet(head + filler + [(0, 0x0F, b"OPTIONS sip:a SIP/2.0\r\n\r\n")])
+
+
+def test_chunk_cap_default(codec_impl):
+    from hepfast.constants import DEFAULT_MAX_CHUNKS
+    from hepfast.wire.reasons import CHUNKS, INVALID_NAMES
+
+    assert INVALID_NAMES[CHUNKS] == "chunks" and _pycodec.CHUNKS == CHUNKS
+    at_cap = _many_chunks(DEFAULT_MAX_CHUNKS)
+    assert codec_impl.reason(at_cap) == 0
+    assert len(codec_impl.decode(at_cap).chunks) == DEFAULT_MAX_CHUNKS
+    over = _many_chunks(DEFAULT_MAX_CHUNKS + 1)
+    assert codec_impl.reason(over) == CHUNKS
+    with pytest.raises(HepError) as ei:
+        codec_impl.decode(over)
+    assert ei.value.name == "chunks"
+
+
+@pytest.mark.parametrize("cap", [9, 16, 100, 10_000])
+def test_chunk_cap_argument(codec_impl, cap):
+    from hepfast.wire.reasons import CHUNKS
+
+    assert codec_impl.reason(_many_chunks(cap), max_chunks=cap) == 0
+    assert codec_impl.reason(_many_chunks(cap + 1), max_chunks=cap) == CHUNKS
+    assert codec_impl.reason(_many_chunks(cap + 1), max_chunks=cap + 1) == 0
+
+
+def test_chunk_cap_is_checked_before_the_next_chunk_is_read(codec_impl):
+    """Past the cap nothing more is read: a malformed chunk there is reported as "chunks"; bytes
+    after the HEP length (not part of the packet) count for nothing."""
+    from hepfast.wire.reasons import CHUNK, CHUNKS
+
+    pkt = _many_chunks(16)
+    broken = bytearray(pkt + b"\x00\x00\x00")                       # 3 bytes: not a chunk
+    broken[4:6] = struct.pack(">H", len(broken))
+    assert codec_impl.reason(bytes(broken), max_chunks=17) == CHUNK
+    assert codec_impl.reason(bytes(broken), max_chunks=16) == CHUNKS
+    assert codec_impl.reason(pkt + b"\x00" * 12, max_chunks=16) == 0
+
+
+def test_ten_thousand_chunk_packet_is_refused_by_default(codec_impl):
+    from hepfast.wire.reasons import CHUNKS
+
+    huge = _many_chunks(10_000)
+    assert len(huge) < 65536
+    assert codec_impl.reason(huge) == CHUNKS
+    assert codec_impl.reason(huge, max_chunks=16384) == 0     # the config's upper bound
+
+
+def test_rewrite_at_the_cap_may_add_chunks(codec_impl):
+    """The cap bounds input: a packet at the cap still rewrites (v3 and v2) with set chunks that
+    take the result past it, and both codecs build the same bytes."""
+    from hepfast.constants import DEFAULT_MAX_CHUNKS
+
+    pkt = _many_chunks(DEFAULT_MAX_CHUNKS)
+    for version in (3, 2):
+        out = codec.rewrite(pkt, set={"node_name": "edge-1", "3:0x0101": "x"}, version=version,
+                            impl=codec_impl)
+        assert out == codec.rewrite(pkt, set={"node_name": "edge-1", "3:0x0101": "x"},
+                                    version=version, impl=_pycodec)
+    assert codec_impl.decode(codec.rewrite(pkt, version=2, impl=codec_impl)).capture_id == 2001

@@ -35,11 +35,11 @@ cdef const uint8_t *_parsed(const uint8_t[::1] mv, hep_pkt *p) except NULL:
     return buf
 
 
-def reason(data):
-    """Reason code for one message: 0 when it parses."""
+def reason(data, uint32_t max_chunks=DEFAULT_MAX_CHUNKS):
+    """Reason code for one message: 0 when it parses (at most max_chunks HEPv3 chunks)."""
     cdef const uint8_t[::1] mv = data
     cdef hep_pkt p
-    return hep_parse(_ptr(mv), mv.shape[0], &p)
+    return hep_parse_lim(_ptr(mv), mv.shape[0], &p, max_chunks)
 
 
 cdef list _walk_chunks(const uint8_t *buf, uint32_t total):
@@ -147,7 +147,7 @@ def rewrite(data, setbuf=b"", skip=(), int version=3):
             raise HepError(R_LENGTH, "rewritten packet exceeds 65535 bytes")
         if version != 2:
             return scratch[:n]
-        hep_parse(scratch, n, &p2)
+        hep_parse_lim(scratch, n, &p2, HEP_UNCAPPED)    # our own output: no input cap
         n2 = hep_build_v2(scratch, &p2, scratch + SCRATCH, SCRATCH)
         if n2 < 0:
             raise _v2_error(&p2, n2)

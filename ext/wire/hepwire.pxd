@@ -7,6 +7,9 @@
 # - `hep_parse` reads only `buf[0:n]`; it never writes to the buffer and never copies it. It fills
 #   a `hep_pkt` of decoded fixed fields and (offset, length) windows of the variable ones, and
 #   returns a reason code (R_OK or one of the HEP_* reasons); it cannot raise.
+# - Parsing cost is bounded per packet: a HEPv3 packet with more than `max_chunks` chunks is
+#   refused (R_CHUNKS) when its chunk max_chunks + 1 is reached, before that chunk is read
+#   (`hep_parse_lim`; `hep_parse` uses DEFAULT_MAX_CHUNKS). Twin: hepfast/wire/pycodec.py.
 # - Offsets in `hep_pkt` are relative to the start of the packet buffer given to hep_parse.
 # - `hep_build_v3` / `hep_build_v2` write only `out[0:cap]` and return the new length, -1 when
 #   the result cannot be expressed or does not fit, and (v2 only) -2 for a packet that is not SIP.
@@ -16,6 +19,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcpy, memcmp, memset
 from constants cimport R_OK, R_SHORT, R_MAGIC, R_LENGTH, R_CHUNK, R_VERSION, hep_fixed_size
+from constants cimport R_CHUNKS, DEFAULT_MAX_CHUNKS
 
 cdef extern from "hepbytes.h":
     uint16_t hep_rd16(const uint8_t *p) noexcept nogil
@@ -85,7 +89,8 @@ cdef inline uint8_t hep_family_of(uint8_t raw) noexcept nogil:
     return 0
 
 
-cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
+cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p,
+                             uint32_t max_chunks) noexcept nogil:
     cdef uint32_t total, pos, clen, blen
     cdef uint16_t vendor, ctype
     cdef int fs
@@ -99,6 +104,8 @@ cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexc
     p.version = 3
     pos = 6
     while pos < total:
+        if p.nchunks >= max_chunks:
+            return R_CHUNKS
         if total - pos < 6:
             return R_CHUNK
         vendor = hep_rd16(buf + pos)
@@ -214,20 +221,34 @@ cdef inline int hep_parse_v12(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noex
     return R_OK
 
 
-cdef inline int hep_parse(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
-    """Parse one HEP message held in buf[0:n]. Returns R_OK or a reason code."""
+cdef inline int hep_parse_lim(const uint8_t *buf, Py_ssize_t n, hep_pkt *p,
+                              uint32_t max_chunks) noexcept nogil:
+    """Parse one HEP message held in buf[0:n], walking at most `max_chunks` HEPv3 chunks.
+    Returns R_OK or a reason code (R_CHUNKS: more chunks than that)."""
     memset(p, 0, sizeof(hep_pkt))
     if n < 4:
         return R_SHORT
     if buf[0] == 0x48 and buf[1] == 0x45 and buf[2] == 0x50:
         if buf[3] == 0x33:
-            return hep_parse_v3(buf, n, p)
+            return hep_parse_v3(buf, n, p, max_chunks)
         return R_VERSION          # "HEP1", "HEP2", "HEP4"...: HEP, but not a version we speak
     if buf[0] == 0x45 and buf[1] == 0x45 and buf[2] == 0x50:
         return R_VERSION          # "EEP1"/"EEP3" of the 2013 draft: nobody sends it as HEPv3
     if buf[0] == 1 or buf[0] == 2:
         return hep_parse_v12(buf, n, p)
     return R_MAGIC
+
+
+# A chunk cap no packet reaches (65535 bytes hold at most 10921 chunks): to re-parse a packet the
+# switch built itself (a rewrite may add chunks to an input that was at the cap).
+cdef enum:
+    HEP_UNCAPPED = 65535
+
+
+cdef inline int hep_parse(const uint8_t *buf, Py_ssize_t n, hep_pkt *p) noexcept nogil:
+    """Parse one HEP message held in buf[0:n] under the default chunk cap (DEFAULT_MAX_CHUNKS).
+    Returns R_OK or a reason code."""
+    return hep_parse_lim(buf, n, p, DEFAULT_MAX_CHUNKS)
 
 
 cdef inline uint64_t hep_hash64(const uint8_t *s, Py_ssize_t n) noexcept nogil:

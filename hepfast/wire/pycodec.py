@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import struct
 
+from hepfast.constants import DEFAULT_MAX_CHUNKS, INVALID
 from hepfast.wire import chunks
 from hepfast.wire.packet import HepError, HepPacket, Unconvertible
 
 OK, SHORT, MAGIC, LENGTH, CHUNK, VERSION = range(6)
+CHUNKS = INVALID["chunks"]       # more HEPv3 chunks than max_chunks: parsing cost is bounded
+# A cap no packet reaches (65535 bytes hold at most 10921 chunks): for re-reading our own output.
+UNCAPPED = 65535
 
 # Exact body sizes of the fixed-width generic chunks, from the one chunk table (the C side's
 # hep_fixed_size is generated from the same table).
@@ -27,8 +31,9 @@ def _family_of(raw: int) -> int:
     return 0
 
 
-def _walk_v3(data: bytes):
-    """(reason, total, [(vendor, type, pos, clen)])."""
+def _walk_v3(data: bytes, max_chunks: int = DEFAULT_MAX_CHUNKS):
+    """(reason, total, [(vendor, type, pos, clen)]). Chunk max_chunks + 1 is refused (CHUNKS)
+    before it is read, as hep_parse_lim does."""
     n = len(data)
     if n < 6:
         return SHORT, 0, []
@@ -38,6 +43,8 @@ def _walk_v3(data: bytes):
     chunks = []
     pos = 6
     while pos < total:
+        if len(chunks) >= max_chunks:
+            return CHUNKS, 0, []
         if total - pos < 6:
             return CHUNK, 0, []
         vendor, ctype, clen = struct.unpack_from(">HHH", data, pos)
@@ -67,12 +74,12 @@ def _v12_layout(data: bytes):
     return OK, fam, hdr
 
 
-def reason(data) -> int:
+def reason(data, max_chunks: int = DEFAULT_MAX_CHUNKS) -> int:
     data = bytes(data)
     if len(data) < 4:
         return SHORT
     if data[:3] == b"HEP":
-        return _walk_v3(data)[0] if data[3] == 0x33 else VERSION
+        return _walk_v3(data, max_chunks)[0] if data[3] == 0x33 else VERSION
     if data[:3] == b"EEP":
         return VERSION
     if data[0] in (1, 2):
@@ -152,13 +159,13 @@ def _packet(version: int, total: int, chunks: list[tuple[int, int, bytes]]) -> H
     return p
 
 
-def decode(data) -> HepPacket:
+def decode(data, max_chunks: int = DEFAULT_MAX_CHUNKS) -> HepPacket:
     data = bytes(data)
-    r = reason(data)
+    r = reason(data, max_chunks)
     if r != OK:
         raise HepError(r)
     if data[:4] == b"HEP3":
-        _, total, walk = _walk_v3(data)
+        _, total, walk = _walk_v3(data, max_chunks)
         chunks = [(v, t, data[pos + 6:pos + clen]) for v, t, pos, clen in walk]
         return _packet(3, total, chunks)
     _, fam, hdr = _v12_layout(data)
@@ -218,12 +225,13 @@ def rewrite(data, setbuf: bytes = b"", skip=(), version: int = 3) -> bytes:
         raise HepError(LENGTH, "rewritten packet exceeds 65535 bytes")
     out = b"HEP3" + struct.pack(">H", len(body) + 6) + body
     if version == 2:
-        return to_v2(out)
+        # `out` may hold more chunks than the input (set chunks): the cap is for input only.
+        return to_v2(out, UNCAPPED)
     return out
 
 
-def to_v2(data) -> bytes:
-    p = decode(data)
+def to_v2(data, max_chunks: int = DEFAULT_MAX_CHUNKS) -> bytes:
+    p = decode(data, max_chunks)
     if p.proto_type != 1:
         raise Unconvertible(p.proto_type)
     fam = p.family
