@@ -83,28 +83,51 @@ def _workers_on(base: str, gen: int) -> bool:
 
 
 class Pacer(threading.Thread):
-    """Send packets at a steady moderate rate from a few sockets until stopped (bounded)."""
+    """Send packets at a steady moderate rate from a few sockets until stopped (bounded).
+
+    The pause before each packet comes from one clock read, clamped at zero: two reads could
+    disagree and ask time.sleep for a negative time, which raises and silently ended the
+    traffic. Anything else that ends the thread early is kept in `error` for the test to show."""
 
     def __init__(self, port: int, packets: list[bytes], pps: int = 1500, limit_s: float = 60):
         super().__init__(daemon=True)
         self.port, self.packets, self.pps, self.limit_s = port, packets, pps, limit_s
         self.sent: list[bytes] = []
         self.stop_ev = threading.Event()
+        self.error: BaseException | None = None
 
     def run(self):
         socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
-        t0 = time.monotonic()
-        i = 0
-        while not self.stop_ev.is_set() and time.monotonic() - t0 < self.limit_s:
-            due = t0 + i / self.pps
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
-            p = self.packets[i % len(self.packets)]
-            socks[i % 4].sendto(p, ("127.0.0.1", self.port))
-            self.sent.append(p)
-            i += 1
-        for s in socks:
-            s.close()
+        try:
+            t0 = time.monotonic()
+            i = 0
+            while not self.stop_ev.is_set():
+                now = time.monotonic()
+                if now - t0 >= self.limit_s:
+                    break
+                delay = t0 + i / self.pps - now
+                if delay > 0:
+                    time.sleep(delay)
+                p = self.packets[i % len(self.packets)]
+                socks[i % 4].sendto(p, ("127.0.0.1", self.port))
+                self.sent.append(p)
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the test, not lost in a thread
+            self.error = exc
+        finally:
+            for s in socks:
+                s.close()
+
+    def sent_now(self) -> int:
+        return len(self.sent)
+
+    def finish(self) -> int:
+        """Stop, join (bounded), and fail the test if the thread died: how many were sent."""
+        self.stop_ev.set()
+        self.join(10)
+        assert not self.is_alive(), "the pacing thread did not stop"
+        assert self.error is None, f"the pacing thread died: {self.error!r}"
+        return len(self.sent)
 
 
 @pytest.fixture
@@ -117,6 +140,10 @@ def two_sinks():
     b.close()
 
 
+def _forwarded_to(base: str, dest: str) -> int:
+    return next(d["packets"] for d in _status(base)["destinations"] if d["name"] == dest)
+
+
 def test_reload_under_load_loses_nothing(tmp_path, two_sinks):
     a, b = two_sinks
     sw = SwitchProcess(tmp_path, _config("a", a.port, b.port))
@@ -126,29 +153,39 @@ def test_reload_under_load_loses_nothing(tmp_path, two_sinks):
         pacer.start()
         gen = 1
         for i in range(5):
-            time.sleep(0.4)
+            # some traffic on each generation (a count, not a time: a busy machine is slow)
+            n = pacer.sent_now()
+            _wait(lambda n=n: pacer.sent_now() >= n + 200 or pacer.error,
+                  what="traffic before the reload")
+            assert pacer.error is None, f"the pacing thread died: {pacer.error!r}"
             dest = "b" if i % 2 == 0 else "a"
             sw.cfg.write_text(_config(dest, a.port, b.port))
             code, body = _get_post(base + "/reload") if i % 2 else (_hup(sw), b"")
+            assert code == 200, body
             gen += 1
             _wait(lambda g=gen: _workers_on(base, g), what=f"workers on generation {gen}")
-        # the last reload pointed the rule at "b": new packets go there only
+        # The last reload pointed the rule at "b". Every worker is on it, so what the switch
+        # forwarded to "a" is final; once sink a has all of it, a must not get one more.
+        a_final = _forwarded_to(base, "a")
+        _wait(lambda: a.received >= a_final, what="sink a to receive what was sent to a")
         a_before, b_before = a.received, b.received
-        time.sleep(0.5)
+        n = pacer.sent_now()
+        _wait(lambda: pacer.sent_now() >= n + 200 or pacer.error, what="traffic after the reload")
         # a broken config: refused, counted, nothing changes
         sw.cfg.write_text(_config("a", a.port, b.port, broken=True))
         code, body = _get_post(base + "/reload")
         assert code == 400 and b"forwrd" in body, body
-        time.sleep(0.5)
-        pacer.stop_ev.set()
-        pacer.join(10)
-        total = len(pacer.sent)
+        n = pacer.sent_now()
+        _wait(lambda: pacer.sent_now() >= n + 200 or pacer.error,
+              what="traffic after the refused reload")
+        total = pacer.finish()
         _wait(lambda: a.received + b.received >= total, what="all packets at the sinks")
         metrics = _get(base + "/metrics")[1].decode()
         summary = sw.stop()
     finally:
         pacer.stop_ev.set()
         sw.kill()
+    assert a_before == a_final
     assert a.received == a_before, "a packet went to the old destination after the reload"
     assert b.received > b_before
     assert collections.Counter(a.packets + b.packets) == collections.Counter(pacer.sent)
