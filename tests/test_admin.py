@@ -711,3 +711,18 @@ def test_rate_limited_flush_and_key_bound(caplog):
     assert 0 < total < 4                    # some were reported at eviction, the rest by flush
     assert sum(int(m.split()[0]) for m in msgs if "similar messages suppressed" in m) == 4
     assert rl.flush() == 0                                           # nothing pending twice
+
+
+def test_install_log_filter_covers_every_logger(restore_root_logging):
+    from hepfast.observe.redact import install_log_filter, remove_log_filter
+
+    buf = io.StringIO()
+    setup_logging(json=True, level="info", stream=buf)
+    f = install_log_filter(lambda: ["dsn-pass-77"])
+    logging.getLogger("hepfast.dataplane.supervisor").error("reload refused: %s",
+                                                            "cannot reach pg dsn-pass-77")
+    remove_log_filter(f)
+    logging.getLogger("hepfast.dataplane.supervisor").error("after removal dsn-pass-77")
+    first, second = buf.getvalue().splitlines()
+    assert json.loads(first)["msg"] == "reload refused: cannot reach pg ***"
+    assert "dsn-pass-77" in second                      # removed: proves the filter did it

@@ -15,37 +15,61 @@ def add_arguments(p) -> None:
     p.add_argument("--no-admin", action="store_true", help="do not serve admin.listen")
     p.add_argument("--log-json", action="store_true", help="log events as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true", help="no live counters on a terminal")
+    p.add_argument("--allow-shared-port", action="store_true",
+                   help="share listen ports with another process that serves them already")
 
 
 def summary(sup) -> dict:
-    """Counter totals by name: what the switch did, for the final JSON line and tests."""
+    """Counter totals by name: what the switch did, for the final JSON line and tests.
+
+    Every copy of a packet ends in exactly one place, per destination: forwarded (the kernel or
+    the store accepted it), dropped for a reason of that destination (queue_full, send_error,
+    too_big, unconvertible), or still in a ring (`in_flight`, 0 after a clean stop)."""
+    if hasattr(sup, "refresh_kernel_counters"):
+        sup.refresh_kernel_counters()
     snap = sup.counters.snapshot()
+    from hepfast.constants import DEST_DROPS
     from hepfast.wire.reasons import DROP_NAMES, INVALID_NAMES
 
     c = sup.compiled
+    dest_dropped = snap["dest_dropped"]
+    by_dest = {}
+    for name, slot in sup.slots.destinations.slots.items():
+        d = {r: int(dest_dropped[slot][DROP_NAMES.index(r)]) for r in DEST_DROPS}
+        by_dest[name] = {r: v for r, v in d.items() if v}
+    dropped = {DROP_NAMES[i]: v for i, v in enumerate(snap["dropped"][:len(DROP_NAMES)]) if v}
+    for d in by_dest.values():
+        for r, v in d.items():
+            dropped[r] = dropped.get(r, 0) + v
+    views = sup.target_views()
     out = {
         "generation": sup.generation,
         "datagrams": snap["datagrams"],
         "received": snap["received"],
         "invalid": {INVALID_NAMES[i]: v for i, v in enumerate(snap["invalid_by_reason"]) if v},
-        "dropped": {DROP_NAMES[i]: v for i, v in enumerate(snap["dropped"][:len(DROP_NAMES)])
-                    if v},
+        "dropped": dropped,
+        "dropped_by_destination": {k: v for k, v in by_dest.items() if v},
         "rules": {n: snap["rules"][sup.rule_slot(n)] for n in c.rule_names},
-        "forwarded": {f"{d.name}/{t.host}:{t.port}":
-                      snap["forwarded"][sup.target_slot(d.name, t.host, t.port)]
-                      for d in c.destinations for t in d.targets},
-        "send_errors": {f"{d.name}/{t.host}:{t.port}":
-                        snap["send_errors"][sup.target_slot(d.name, t.host, t.port)]
-                        for d in c.destinations for t in d.targets},
+        "forwarded": {f"{dest}/{label}": snap["forwarded"][slot]
+                      for dest, _m, _t, label, slot in views},
+        "send_errors": {f"{dest}/{label}": snap["send_errors"][slot]
+                        for dest, _m, _t, label, slot in views},
+        "queued": {f"{dest}/{label}": snap["queued"][slot]
+                   for dest, _m, transport, label, slot in views if snap["queued"][slot]},
         "copies": snap["copies"],
         "routed": snap["routed"],
         "overflows": snap["overflows"],
+        "unread_at_stop": snap["drain_left"],
         "restarts": sup.restarts,
         "reloads": dict(sup.reload_counts),
+        "workers": [{"index": w["index"], "datagrams": w["datagrams"],
+                     "forwarded": w["forwarded"]} for w in sup.workers_alive()],
     }
     out["forwarded_total"] = sum(out["forwarded"].values())
     out["dropped_total"] = sum(out["dropped"].values())
     out["invalid_total"] = sum(out["invalid"].values())
+    out["in_flight"] = out["copies"] - out["forwarded_total"] - sum(
+        sum(v.values()) for v in by_dest.values())
     return out
 
 
@@ -62,7 +86,8 @@ def main(args) -> int:
     except ImportError:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        sup = Supervisor(args.config, workers=args.workers, admin=not args.no_admin)
+        sup = Supervisor(args.config, workers=args.workers, admin=not args.no_admin,
+                         allow_shared_port=args.allow_shared_port)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print("fix the config (`hepfast check -c FILE` shows the same error) and start again",

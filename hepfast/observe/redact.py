@@ -14,7 +14,8 @@ that was wrong.
   of secret-named keys (`auth_key`, `token`, `password`, `secret`) are masked whatever they are,
   a `dsn` keeps everything but its password.
 - `SecretFilter(secrets)`: a logging.Filter that masks the formatted message and the traceback
-  of every record it sees (attach it to a handler to cover every logger).
+  of every record it sees; `install_log_filter(secrets)` attaches one to every handler of the
+  root logger, which covers every logger of the process.
 
 Masking is a text substitution, longest secret first; a very short secret masks every place its
 characters occur, which garbles a message but never leaks the secret.
@@ -145,3 +146,19 @@ class SecretFilter(logging.Filter):
             record.msg, record.args = MASK + " (message withheld: masking failed)", ()
             record.exc_info = None
         return True
+
+
+def install_log_filter(secrets: Iterable[str] | Callable[[], Iterable[str]],
+                       logger: logging.Logger | None = None) -> SecretFilter:
+    """Attach one SecretFilter to every handler of `logger` (the root logger by default), so
+    that every logger's records are masked on their way out; returns it for `remove_log_filter`.
+    Handlers added later are not covered: call this after hepfast.observe.log.setup_logging."""
+    f = SecretFilter(secrets)
+    for h in (logger or logging.getLogger()).handlers:
+        h.addFilter(f)
+    return f
+
+
+def remove_log_filter(f: SecretFilter, logger: logging.Logger | None = None) -> None:
+    for h in (logger or logging.getLogger()).handlers:
+        h.removeFilter(f)
