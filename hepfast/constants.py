@@ -46,6 +46,7 @@ MAX_RULE_SLOTS = 512     # rule counter slots in a run (names keep their slot ac
 MAX_DESTINATIONS = 64
 MAX_TARGETS = 256        # targets in one config
 MAX_TARGET_SLOTS = 1024  # target counter slots in a run
+MAX_EGRESS = 32          # ring-fed destinations (one egress process each)
 MAX_DEST_SLOTS = 256     # destination counter slots in a run
 MAX_WORKERS = 256
 MAX_SKIP = 256           # chunk keys one rule may delete or replace

@@ -105,7 +105,6 @@ def run(tmp_path, sink: Sink, allow: str, by_source: dict[str, list[bytes]],
     return summary
 
 
-@pytest.mark.xfail(reason="worker change pending: the ACL before the auth key", strict=True)
 def test_acl_is_checked_before_the_auth_key(tmp_path, sink):
     pkts = corpus(40)
     right, wrong = keyed(pkts, KEY), keyed(pkts, "guess")

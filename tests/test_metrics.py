@@ -104,8 +104,8 @@ def test_forwarded_per_target(sup):
 
 def test_dropped_by_reason(sup):
     m = scrape(sup)
-    assert val(m, "hepfast_packets_dropped_total", reason="no_route") == 2
-    assert val(m, "hepfast_packets_dropped_total", reason="sample") == 5
+    assert val(m, "hepfast_packets_dropped_total", reason="no_route", destination="") == 2
+    assert val(m, "hepfast_packets_dropped_total", reason="sample", destination="") == 5
     got = {dict(k[1])["reason"] for k in m if k[0] == "hepfast_packets_dropped_total"}
     assert got == set(reasons.DROP_NAMES)
 

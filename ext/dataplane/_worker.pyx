@@ -1,26 +1,32 @@
 # cython: language_level=3
-"""The data-plane loop of one worker process: recvmmsg -> parse -> rules -> rewrite -> sendmmsg.
+"""The data-plane loop of one worker process: recvmmsg -> parse -> rules -> rewrite -> egress.
 
 Ownership and invariants:
-- A Worker owns its receive arena (`batch` slots of 64 KiB with their mmsghdr/iovec/sockaddr/cmsg
-  arrays), a scratch arena for rewritten packets, and one send queue (mmsghdr+iovec) per target.
-  All are allocated once, in __cinit__/bind, never per packet.
+- A Worker owns its receive arena (`batch` slots of 64 KiB with their mmsghdr/iovec/sockaddr
+  arrays) and a scratch arena for rewritten packets, allocated once in __cinit__. `bind()` builds
+  the per-plan state aside (destinations, targets with their send queues) and swaps it in one
+  step; on any error it frees what it built and the old state keeps running (transactional).
+- Egress per target: a UDP target has a connected socket (owned by the Python caller) and a send
+  queue of mmsghdr/iovec; a ring target copies the packet into the shared-memory ring its egress
+  process reads (ext/egress/hepring.h), published once per batch. A full ring is counted as
+  queue_full for the destination and never waited on.
 - An unchanged packet is queued as an iovec pointing into the receive arena; a rewritten or
-  converted one is built in the scratch arena. Queues are flushed (sendmmsg per target) before the
-  receive arena is reused and whenever the scratch arena or a queue fills, so no iovec outlives
-  the bytes it points to.
+  converted one is built in the scratch arena. Queues are flushed (sendmmsg per target, ring
+  publish) before the receive arena is reused and whenever the scratch arena or a queue fills, so
+  no iovec outlives the bytes it points to.
 - `run()` holds the GIL only between batches; per packet it touches C structs alone (no Python
   object, no allocation). It returns to Python every `slice_ms` so the process can see signals,
   reloads and write its heartbeat.
-- Counters are the worker's own row of the shared block (layout: hepfast/constants.py), one
-  writer.
-- Tables (rules, destinations) are swapped by `bind()` between two `run()` calls; the listening
-  sockets are not touched, so the kernel queues packets while a reload compiles.
+- Counters are the worker's own row of the shared block (layout and reason codes:
+  hepfast/constants.py, generated into ext/generated/constants.pxd), one writer. "forwarded"
+  counts what the kernel accepted (UDP) or what entered a ring (the egress process counts what
+  the store accepted in its own row); every other copy is counted as a drop of its destination,
+  so copies = forwarded + dropped per destination.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memset, memcpy, memcmp
-from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
+from libc.string cimport memset
+from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EMSGSIZE
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from hepwire cimport *
@@ -34,31 +40,49 @@ cimport cython
 
 from posix.uio cimport iovec
 from netsys cimport (
-    mmsghdr, cmsghdr, sockaddr_storage, sockaddr_in, sockaddr_in6, pollfd, socklen_t,
-    recvmmsg, sendmmsg, getsockopt, poll, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA,
-    MSG_DONTWAIT, MSG_WAITFORONE, SOL_SOCKET, SO_RXQ_OVFL, SO_ERROR, AF_INET, AF_INET6, POLLIN,
+    mmsghdr, sockaddr_storage, sockaddr_in, sockaddr_in6, pollfd, socklen_t,
+    recvmmsg, sendmmsg, getsockopt, poll,
+    MSG_DONTWAIT, MSG_WAITFORONE, SOL_SOCKET, SO_ERROR, AF_INET, AF_INET6, POLLIN,
 )
-
 from constants cimport *    # reason codes, modes, counter layout, capacities (generated)
 from constants cimport constants
 
 CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
 
-DEF CTRL = 64
+cdef extern from "hepring.h" nogil:
+    ctypedef struct hep_ring:
+        uint64_t size
+    int hep_ring_attach(hep_ring *r, void *base, size_t maplen)
+    int hep_ring_push(hep_ring *r, const uint8_t *data, uint32_t len, uint32_t meta)
+    void hep_ring_publish(hep_ring *r)
+    uint64_t hep_ring_used(const hep_ring *r)
+    int HEP_RING_FULL
+    int HEP_RING_TOO_BIG
 
-DEF DOWN_NS = 1000000000
+cdef enum:
+    DOWN_NS = 1000000000        # a target that refused is skipped this long, then re-probed
+    MAX_UDP4 = 65507            # largest UDP payload over IPv4
+    MAX_UDP6 = 65527            # over IPv6 (without jumbograms)
+    AUTH_SET = 1
+    AUTH_STRIP = 2
 
 
 cdef struct target_t:
-    int fd
-    int slot
+    int kind                    # E_UDP or E_RING
+    int fd                      # E_UDP: connected socket (owned by the caller)
+    int slot                    # target counter slot
+    int dslot                   # its destination's counter slot
+    uint32_t meta               # E_RING: index of the target within its destination
+    Py_ssize_t max_len          # largest datagram this target can carry
     uint64_t seed
     int64_t down_until
-    int check_err       # failover targets: read SO_ERROR after each send (see _flush_target)
+    int check_err               # read SO_ERROR after each send (failover, hash over several)
     unsigned int n
     unsigned int cap
     mmsghdr *msgs
     iovec *iov
+    hep_ring ring
+    int ring_dirty
 
 
 cdef struct dest_t:
@@ -66,6 +90,10 @@ cdef struct dest_t:
     int version
     int tstart
     int tcount
+    int slot
+    int auth_mode               # 0, AUTH_SET, AUTH_STRIP
+    const uint8_t *auth_blob    # AUTH_SET: the encoded auth-key chunk
+    Py_ssize_t auth_len
     uint32_t rr
 
 
@@ -77,8 +105,20 @@ cdef struct listener_t:
     const uint64_t *allow      # [n][4]: net_hi, net_lo, mask_hi, mask_lo over v4-mapped v6
     const uint8_t *allow_fam   # [n]: 4 or 6, a row only matches senders of its family
     Py_ssize_t nallow
-    uint64_t ovfl_base
-    uint32_t ovfl_seen
+
+
+cdef struct bound_t:
+    # Everything a plan binds; swapped as one value.
+    rule_tables rt
+    Py_ssize_t nrules
+    const int32_t *rule_slot
+    int default_dest
+    dest_t *dests
+    int ndests
+    target_t *targets
+    int ntargets
+    listener_t listeners[MAX_LISTENERS]
+    uint32_t max_chunks
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -102,18 +142,55 @@ cdef inline void addr128(const uint8_t *a, int v6, uint64_t *hi, uint64_t *lo) n
     lo[0] = low
 
 
+cdef inline bint ct_equal(const uint8_t *a, const uint8_t *b, Py_ssize_t n) noexcept nogil:
+    """Constant-time comparison of two n-byte keys (no early exit on the first difference)."""
+    cdef Py_ssize_t i
+    cdef uint8_t d = 0
+    for i in range(n):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+cdef void _free_bound(bound_t *b) noexcept nogil:
+    cdef int i
+    if b.targets != NULL:
+        for i in range(b.ntargets):
+            free(b.targets[i].msgs)
+            free(b.targets[i].iov)
+        free(b.targets)
+    free(b.dests)
+    b.targets = NULL
+    b.dests = NULL
+    b.ntargets = 0
+    b.ndests = 0
+
+
+cdef const void *_ptr(object buf, bint writable) except NULL:
+    """Address of a contiguous buffer the caller keeps alive."""
+    cdef const uint8_t[::1] ro
+    cdef uint8_t[::1] rw
+    if writable:
+        rw = buf
+        if rw.shape[0] == 0:
+            raise ValueError("empty buffer")
+        return &rw[0]
+    ro = buf
+    if ro.shape[0] == 0:
+        raise ValueError("empty buffer")
+    return &ro[0]
+
+
 cdef class Worker:
     """One data-plane loop over a set of listener sockets (fds owned by the caller)."""
 
     cdef int batch
     cdef int nlisteners
-    cdef listener_t listeners[MAX_LISTENERS]
+    cdef int listener_fds[MAX_LISTENERS]
     cdef pollfd pfds[MAX_LISTENERS]
     cdef uint8_t *arena
     cdef mmsghdr *rmsgs
     cdef iovec *riov
     cdef sockaddr_storage *raddr
-    cdef uint8_t *rctrl
     cdef uint8_t *scratch
     cdef Py_ssize_t scratch_cap
     cdef Py_ssize_t scratch_pos
@@ -121,17 +198,8 @@ cdef class Worker:
     cdef int64_t now            # clock of the batch being processed
     cdef uint64_t *ctr
     cdef object _row            # keeps the counter row alive
-    cdef object _tables         # keeps the numpy tables alive while bound
-    cdef object _listener_refs
-    # bound tables
-    cdef rule_tables rt
-    cdef Py_ssize_t nrules
-    cdef const int32_t *rule_slot
-    cdef int default_dest
-    cdef dest_t *dests
-    cdef int ndests
-    cdef target_t *targets
-    cdef int ntargets
+    cdef object _refs           # keeps the bound plan's buffers alive
+    cdef bound_t b
     cdef public int bound
     cdef public int blocking    # single listener socket in blocking mode with SO_RCVTIMEO
 
@@ -139,25 +207,23 @@ cdef class Worker:
         cdef int i
         if not 1 <= len(listener_fds) <= MAX_LISTENERS:
             raise ValueError(f"a worker serves 1..{MAX_LISTENERS} listeners")
-        if not 1 <= batch <= 1024:
-            raise ValueError("batch must be 1..1024")
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch must be 1..{MAX_BATCH}")
+        memset(&self.b, 0, sizeof(bound_t))
         self.batch = batch
         self.nlisteners = len(listener_fds)
-        memset(self.listeners, 0, sizeof(self.listeners))
         for i, fd in enumerate(listener_fds):
-            self.listeners[i].fd = fd
+            self.listener_fds[i] = fd
             self.pfds[i].fd = fd
             self.pfds[i].events = POLLIN
         self.arena = <uint8_t *>malloc(<size_t>batch * SLOT_BYTES)
         self.rmsgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
         self.riov = <iovec *>calloc(batch, sizeof(iovec))
         self.raddr = <sockaddr_storage *>calloc(batch, sizeof(sockaddr_storage))
-        self.rctrl = <uint8_t *>calloc(batch, CTRL)
         # Room for a full batch of maximal rewrites plus conversions; flushed when it runs low.
-        self.scratch_cap = 4 * SLOT_BYTES + <Py_ssize_t>batch * 2048
+        self.scratch_cap = 6 * SLOT_BYTES + <Py_ssize_t>batch * 2048
         self.scratch = <uint8_t *>malloc(self.scratch_cap)
-        if not (self.arena and self.rmsgs and self.riov and self.raddr and self.rctrl
-                and self.scratch):
+        if not (self.arena and self.rmsgs and self.riov and self.raddr and self.scratch):
             raise MemoryError()
         # Receive headers point at fixed slots for the worker's life; run() only resets the
         # fields the kernel changed.
@@ -167,29 +233,18 @@ cdef class Worker:
             self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
             self.rmsgs[i].msg_hdr.msg_iovlen = 1
             self.rmsgs[i].msg_hdr.msg_name = &self.raddr[i]
-            self.rmsgs[i].msg_hdr.msg_control = self.rctrl + i * CTRL
+            self.rmsgs[i].msg_hdr.msg_control = NULL
+            self.rmsgs[i].msg_hdr.msg_controllen = 0
         self.rdirty = batch
         self.bound = 0
 
     def __dealloc__(self):
-        self._free_targets()
+        _free_bound(&self.b)
         free(self.arena)
         free(self.rmsgs)
         free(self.riov)
         free(self.raddr)
-        free(self.rctrl)
         free(self.scratch)
-        free(self.dests)
-
-    cdef void _free_targets(self):
-        cdef int i
-        if self.targets != NULL:
-            for i in range(self.ntargets):
-                free(self.targets[i].msgs)
-                free(self.targets[i].iov)
-            free(self.targets)
-            self.targets = NULL
-        self.ntargets = 0
 
     def set_counters(self, row):
         """The worker's row of the shared counter block (uint64, STRIDE words)."""
@@ -199,115 +254,171 @@ cdef class Worker:
         self._row = row
         self.ctr = &mv[0]
 
-    def bind(self, tables):
-        """Swap in compiled tables (hepfast.dataplane.worker.BoundTables), between run() calls."""
-        cdef int i, j, k
-        cdef const int32_t[::1] rs = tables.rule_slot
-        cdef rule_tables rt
+    def bind(self, plan, target_fds, rings):
+        """Swap in a plan (hepfast.plan.format.Plan, or an object with the same attributes).
+
+        target_fds[i] / rings[i] belong to the plan's i-th target, destinations in order: a
+        connected UDP socket's fd for udp targets (-1 otherwise), a writable mapping of this
+        worker's ring for ring targets (None otherwise). The caller keeps both alive while bound.
+        Transactional: on any error nothing changes and the exception says why."""
+        cdef bound_t nb
+        cdef int i, j, k, t, nt
+        cdef const int32_t[::1] rs
         cdef const uint64_t[:, ::1] allow
         cdef const uint8_t[::1] allow_fam
-        cdef const uint8_t[::1] auth
-        cdef dest_t *dests
-        cdef target_t *targets
+        cdef const uint8_t[::1] blob
+        cdef void *base
         if self.ctr == NULL:
             raise RuntimeError("set_counters() first")
-        rules_bind(&rt, tables.compiled)
-        nrules = rt.nrules
-        if rs.shape[0] != nrules:
-            raise ValueError("rule slots disagree with the number of rules")
-        # Destinations and their targets (sockets created and owned by the caller).
-        ndests = len(tables.dest_modes)
-        ntargets = len(tables.target_fds)
-        dests = <dest_t *>calloc(max(ndests, 1), sizeof(dest_t))
-        targets = <target_t *>calloc(max(ntargets, 1), sizeof(target_t))
-        if dests == NULL or targets == NULL:
-            free(dests)
-            free(targets)
-            raise MemoryError()
-        for i in range(ndests):
-            dests[i].mode = tables.dest_modes[i]
-            dests[i].version = tables.dest_versions[i]
-            dests[i].tstart = tables.dest_tstart[i]
-            dests[i].tcount = tables.dest_tcount[i]
-            if dests[i].mode == M_FAILOVER:
-                for j in range(dests[i].tstart, dests[i].tstart + dests[i].tcount):
-                    if 0 <= j < ntargets:
-                        targets[j].check_err = 1
-            if dests[i].tcount < 1 or dests[i].tstart + dests[i].tcount > ntargets:
-                free(dests)
-                free(targets)
-                raise ValueError(f"destination {i} has a bad target range")
-        for i in range(ntargets):
-            targets[i].fd = tables.target_fds[i]
-            targets[i].slot = tables.target_slots[i]
-            targets[i].seed = tables.target_seeds[i]
-            targets[i].cap = 2 * self.batch
-            targets[i].msgs = <mmsghdr *>calloc(targets[i].cap, sizeof(mmsghdr))
-            targets[i].iov = <iovec *>calloc(targets[i].cap, sizeof(iovec))
-            if targets[i].msgs == NULL or targets[i].iov == NULL:
-                for j in range(i + 1):
-                    free(targets[j].msgs)
-                    free(targets[j].iov)
-                free(dests)
-                free(targets)
+        memset(&nb, 0, sizeof(bound_t))
+        refs = [plan]
+        try:
+            rules_bind(&nb.rt, plan)
+            nb.nrules = nb.rt.nrules
+            import numpy as np
+            slots = np.ascontiguousarray(plan.rule_slots, dtype=np.int32)
+            refs.append(slots)
+            rs = slots
+            if rs.shape[0] != nb.nrules:
+                raise ValueError("rule slots disagree with the number of rules")
+            for i in range(nb.nrules):
+                if not 0 <= rs[i] < MAX_RULE_SLOTS:
+                    raise ValueError(f"rule slot {rs[i]} out of range")
+            nb.rule_slot = &rs[0] if nb.nrules else NULL
+            nb.default_dest = nb.rt.default_dest
+            nb.max_chunks = int(plan.max_chunks)
+            dests = list(plan.destinations)
+            nb.ndests = len(dests)
+            if not -1 <= nb.default_dest < nb.ndests:
+                raise ValueError("default destination out of range")
+            nt = sum(len(d.targets) for d in dests)
+            if len(target_fds) != nt or len(rings) != nt:
+                raise ValueError(f"{nt} targets, but {len(target_fds)} fds and {len(rings)} rings")
+            nb.dests = <dest_t *>calloc(max(nb.ndests, 1), sizeof(dest_t))
+            nb.targets = <target_t *>calloc(max(nt, 1), sizeof(target_t))
+            if nb.dests == NULL or nb.targets == NULL:
                 raise MemoryError()
-            for k in range(targets[i].cap):
-                targets[i].msgs[k].msg_hdr.msg_iov = &targets[i].iov[k]
-                targets[i].msgs[k].msg_hdr.msg_iovlen = 1
-        for j in range(len(tables.compiled.fwd)):
-            if not 0 <= tables.compiled.fwd[j] < ndests:
-                raise ValueError("forward table names an unknown destination")
-        if not -1 <= rt.default_dest < ndests:
-            raise ValueError("default destination out of range")
-        # Listener checks.
-        refs = []
-        for i in range(self.nlisteners):
-            lt = tables.listeners[i]
-            self.listeners[i].has_auth = 1 if lt.auth_key else 0
-            if lt.auth_key:
-                auth = lt.auth_key
-                refs.append(lt.auth_key)
-                self.listeners[i].auth = &auth[0]
-                self.listeners[i].auth_len = auth.shape[0]
-            else:
-                self.listeners[i].auth = NULL
-                self.listeners[i].auth_len = 0
-            allow = lt.allow
-            allow_fam = lt.allow_fam
-            if allow_fam.shape[0] != allow.shape[0]:
-                raise ValueError("listener allow rows and families disagree")
-            refs.append(lt.allow)
-            refs.append(lt.allow_fam)
-            self.listeners[i].nallow = allow.shape[0]
-            self.listeners[i].allow = &allow[0, 0] if allow.shape[0] else NULL
-            self.listeners[i].allow_fam = &allow_fam[0] if allow.shape[0] else NULL
-        # Commit: nothing below can fail.
-        self._free_targets()
-        free(self.dests)
-        self.dests = dests
-        self.ndests = ndests
-        self.targets = targets
-        self.ntargets = ntargets
-        self.rt = rt
-        self.default_dest = rt.default_dest
-        self.nrules = nrules
-        self.rule_slot = &rs[0] if nrules else NULL
-        self._tables = tables
-        self._listener_refs = refs
+            nb.ntargets = nt
+            t = 0
+            for i, d in enumerate(dests):
+                if not d.targets:
+                    raise ValueError(f"destination {d.name} has no targets")
+                if not 0 <= d.slot < MAX_DEST_SLOTS:
+                    raise ValueError(f"destination slot {d.slot} out of range")
+                nb.dests[i].mode = d.mode
+                nb.dests[i].version = d.hep_version
+                nb.dests[i].tstart = t
+                nb.dests[i].tcount = len(d.targets)
+                nb.dests[i].slot = d.slot
+                if d.auth_key:
+                    blob_obj = bytes(d.auth_key)
+                    auth_chunk = (b"\x00\x00\x00\x0e" + (len(blob_obj) + 6).to_bytes(2, "big")
+                                  + blob_obj)
+                    refs.append(auth_chunk)
+                    blob = auth_chunk
+                    nb.dests[i].auth_mode = AUTH_SET
+                    nb.dests[i].auth_blob = &blob[0]
+                    nb.dests[i].auth_len = len(auth_chunk)
+                elif d.strip_auth_key:
+                    nb.dests[i].auth_mode = AUTH_STRIP
+                for j, tg in enumerate(d.targets):
+                    if not 0 <= tg.slot < MAX_TARGET_SLOTS:
+                        raise ValueError(f"target slot {tg.slot} out of range")
+                    nb.targets[t].kind = d.egress
+                    nb.targets[t].slot = tg.slot
+                    nb.targets[t].dslot = d.slot
+                    nb.targets[t].meta = j
+                    nb.targets[t].seed = tg.seed
+                    nb.targets[t].max_len = MAX_UDP6 if tg.family == AF_INET6 else MAX_UDP4
+                    nb.targets[t].check_err = d.mode == M_FAILOVER or (
+                        d.mode == M_HASH and len(d.targets) > 1)
+                    if d.egress == E_UDP:
+                        nb.targets[t].fd = target_fds[t]
+                        if nb.targets[t].fd < 0:
+                            raise ValueError(f"target {tg.configured}: no socket")
+                        nb.targets[t].cap = 2 * self.batch
+                        nb.targets[t].msgs = <mmsghdr *>calloc(nb.targets[t].cap,
+                                                               sizeof(mmsghdr))
+                        nb.targets[t].iov = <iovec *>calloc(nb.targets[t].cap, sizeof(iovec))
+                        if nb.targets[t].msgs == NULL or nb.targets[t].iov == NULL:
+                            raise MemoryError()
+                        for k in range(nb.targets[t].cap):
+                            nb.targets[t].msgs[k].msg_hdr.msg_iov = &nb.targets[t].iov[k]
+                            nb.targets[t].msgs[k].msg_hdr.msg_iovlen = 1
+                    elif d.egress == E_RING:
+                        nb.targets[t].fd = -1
+                        if rings[t] is None:
+                            raise ValueError(f"target {tg.configured}: no ring")
+                        base = <void *>_ptr(rings[t], True)
+                        refs.append(rings[t])
+                        if hep_ring_attach(&nb.targets[t].ring, base, len(rings[t])) != 0:
+                            raise ValueError(f"target {tg.configured}: not a formatted ring")
+                        nb.targets[t].max_len = SLOT_BYTES
+                    else:
+                        raise ValueError(f"destination {d.name}: unknown egress {d.egress}")
+                    t += 1
+            for i in range(len(plan.fwd)):
+                if not 0 <= plan.fwd[i] < nb.ndests:
+                    raise ValueError("forward table names an unknown destination")
+            if len(plan.listeners) != self.nlisteners:
+                raise ValueError(f"the plan has {len(plan.listeners)} listeners, this worker "
+                                 f"serves {self.nlisteners}")
+            for i in range(self.nlisteners):
+                lt = plan.listeners[i]
+                nb.listeners[i].fd = self.listener_fds[i]
+                key = bytes(lt.auth_key)
+                nb.listeners[i].has_auth = 1 if key else 0
+                if key:
+                    refs.append(key)
+                    blob = key
+                    nb.listeners[i].auth = &blob[0]
+                    nb.listeners[i].auth_len = blob.shape[0]
+                allow = lt.allow
+                allow_fam = lt.allow_fam
+                if allow_fam.shape[0] != allow.shape[0]:
+                    raise ValueError("listener allow rows and families disagree")
+                nb.listeners[i].nallow = allow.shape[0]
+                nb.listeners[i].allow = &allow[0, 0] if allow.shape[0] else NULL
+                nb.listeners[i].allow_fam = &allow_fam[0] if allow.shape[0] else NULL
+        except BaseException:
+            _free_bound(&nb)
+            raise
+        # Commit: nothing below can fail. Queues of the old state are empty (flushed at the end
+        # of every run()).
+        _free_bound(&self.b)
+        self.b = nb
+        self._refs = refs
         self.bound = 1
 
-    def set_overflow_base(self, int listener, uint64_t base):
-        self.listeners[listener].ovfl_base = base
+    def ring_used(self):
+        """Bytes in flight per ring target of the bound plan ({target slot: bytes})."""
+        cdef int i
+        return {self.b.targets[i].slot: hep_ring_used(&self.b.targets[i].ring)
+                for i in range(self.b.ntargets) if self.b.targets[i].kind == E_RING}
 
     # ------------------------------------------------------------------ hot path
 
-    cdef inline void _count_drop(self, int reason, uint64_t n) noexcept nogil:
+    cdef inline void _drop(self, int reason, uint64_t n) noexcept nogil:
         self.ctr[OFF_DROP + reason] += n
+
+    cdef inline void _ddrop(self, int dslot, int reason, uint64_t n) noexcept nogil:
+        self.ctr[OFF_DEST_DROP + dslot * N_DROP + reason] += n
+
+    cdef void _target_failed(self, target_t *t, int64_t now, uint64_t n) noexcept nogil:
+        self.ctr[OFF_SEND_ERR + t.slot] += n
+        self.ctr[OFF_LAST_ERR + t.slot] = now
+        if n:
+            self._ddrop(t.dslot, D_SEND_ERROR, n)
 
     cdef void _flush_target(self, target_t *t, int64_t now) noexcept nogil:
         cdef unsigned int sent = 0
-        cdef int r, err, refused = 0, soerr = 0
+        cdef int r, err, soerr = 0
         cdef socklen_t optlen
+        if t.kind == E_RING:
+            if t.ring_dirty:
+                hep_ring_publish(&t.ring)
+                t.ring_dirty = 0
+            return
         while sent < t.n:
             r = sendmmsg(t.fd, t.msgs + sent, t.n - sent, MSG_DONTWAIT)
             if r > 0:
@@ -321,110 +432,151 @@ cdef class Worker:
             if err == EAGAIN or err == ENOBUFS:
                 # Socket buffer full: drop what is left for this target rather than stall the
                 # others.
-                self._count_drop(D_QUEUE_FULL, t.n - sent)
+                self._ddrop(t.dslot, D_QUEUE_FULL, t.n - sent)
                 break
-            # An ICMP error (connection refused, unreachable) reported for an earlier packet, or
-            # a hard error for this one: count it, mark the target down for failover, retry the
-            # packet once, then give it up.
-            self.ctr[OFF_SEND_ERR + t.slot] += 1
-            self.ctr[OFF_LAST_ERR + t.slot] = now
-            t.down_until = now + DOWN_NS
-            if refused:
-                self._count_drop(D_SEND_ERROR, 1)
+            if err == EMSGSIZE:
+                # This datagram cannot be carried; it says nothing about the target's health.
+                self._ddrop(t.dslot, D_TOO_BIG, 1)
                 sent += 1
-                refused = 0
-            else:
-                refused = 1
+                continue
+            # An ICMP error (connection refused, unreachable) reported for an earlier packet, or
+            # a hard error for this one: the target is down for DOWN_NS; what is left of this
+            # queue is not sent into the void but counted.
+            t.down_until = now + DOWN_NS
+            self._target_failed(t, now, t.n - sent)
+            sent = t.n
+            break
         if t.check_err and sent:
             # sendmmsg reports an ICMP error only if it is pending before the first message of
             # the call, so errors caused inside a batch would wait for the next one; failover
-            # needs to know now. One getsockopt per batch, for failover targets only.
+            # and hash need to know now. One getsockopt per batch, only for those targets.
             optlen = sizeof(int)
             if getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &soerr, &optlen) == 0 and soerr != 0:
-                self.ctr[OFF_SEND_ERR + t.slot] += 1
-                self.ctr[OFF_LAST_ERR + t.slot] = now
+                self._target_failed(t, now, 0)
                 t.down_until = now + DOWN_NS
         t.n = 0
 
     cdef void _flush_all(self) noexcept nogil:
         cdef int i
         cdef int64_t now = self.now
-        for i in range(self.ntargets):
-            if self.targets[i].n:
-                self._flush_target(&self.targets[i], now)
+        for i in range(self.b.ntargets):
+            if self.b.targets[i].n or self.b.targets[i].ring_dirty:
+                self._flush_target(&self.b.targets[i], now)
         self.scratch_pos = 0
 
     cdef inline void _queue(self, int ti, const uint8_t *data, Py_ssize_t n) noexcept nogil:
-        cdef target_t *t = &self.targets[ti]
+        cdef target_t *t = &self.b.targets[ti]
+        cdef int rc
+        self.ctr[H_COPIES] += 1
+        if n > t.max_len:
+            self._ddrop(t.dslot, D_TOO_BIG, 1)
+            return
+        if t.kind == E_RING:
+            rc = hep_ring_push(&t.ring, data, <uint32_t>n, t.meta)
+            if rc == 0:
+                t.ring_dirty = 1
+                self.ctr[OFF_QUEUED + t.slot] += 1
+            elif rc == HEP_RING_TOO_BIG:
+                self._ddrop(t.dslot, D_TOO_BIG, 1)
+            else:
+                self._ddrop(t.dslot, D_QUEUE_FULL, 1)
+            return
+        if t.down_until > self.now:
+            # Known down (refused within DOWN_NS): counted, not sent. The first copy after
+            # DOWN_NS goes out again as the re-probe.
+            self._target_failed(t, self.now, 1)
+            return
         if t.n >= t.cap:
             self._flush_target(t, now_ns())
         t.iov[t.n].iov_base = <void *>data
         t.iov[t.n].iov_len = n
         t.n += 1
-        self.ctr[H_COPIES] += 1
-
-    cdef inline uint64_t _call_key(self, const uint8_t *buf, hep_pkt *p) noexcept nogil:
-        # The call key's hash, or the flow's for packets without one (same as sampling).
-        return sample_key(p, buf)
 
     @cython.cdivision(True)     # tcount >= 1: bind() refuses a destination without targets
     cdef inline int _pick(self, dest_t *d, uint64_t key, int64_t now) noexcept nogil:
-        cdef int i, best = d.tstart
-        cdef uint64_t w, bw = 0
+        cdef int i, best = -1, any_best = d.tstart
+        cdef uint64_t w, bw = 0, abw = 0
         if d.tcount == 1:
             return d.tstart
         if d.mode == M_HASH:
+            # Rendezvous over the healthy targets: a dead target's calls move to their
+            # next-ranked target and come back when it does; every other call stays put.
             for i in range(d.tstart, d.tstart + d.tcount):
-                w = hep_mix64(key ^ self.targets[i].seed)
-                if i == d.tstart or w > bw:
+                w = hep_mix64(key ^ self.b.targets[i].seed)
+                if i == d.tstart or w > abw:
+                    any_best = i
+                    abw = w
+                if self.b.targets[i].down_until <= now and (best < 0 or w > bw):
                     best = i
                     bw = w
-            return best
+            return best if best >= 0 else any_best
         if d.mode == M_ROUNDROBIN:
             d.rr += 1
             return d.tstart + <int>(d.rr % <uint32_t>d.tcount)
         # failover: the first target not marked down, else the first.
         for i in range(d.tstart, d.tstart + d.tcount):
-            if self.targets[i].down_until <= now:
+            if self.b.targets[i].down_until <= now:
                 return i
         return d.tstart
 
     cdef inline Py_ssize_t _build(self, const uint8_t *buf, hep_pkt *p, Py_ssize_t r,
-                                  int version, const uint8_t **out) noexcept nogil:
-        """Build the packet for rule r (-1: the default route) in `version` into scratch."""
+                                  dest_t *d, const uint8_t **out) noexcept nogil:
+        """Build the packet as rule r (-1: the default route) and destination d want it, into
+        scratch. Returns its length, or -1 (too big) / -2 (HEPv2 cannot carry it)."""
         cdef Py_ssize_t n, n2, cap
         cdef uint8_t *dst
         cdef hep_pkt p2
-        cdef int rewrite = r >= 0 and (self.rt.flags[r] & RF_HAS_REWRITE)
-        if self.scratch_cap - self.scratch_pos < 2 * SLOT_BYTES:
+        cdef uint32_t auth_key = CH_AUTH
+        cdef int version = d.version
+        cdef int rewrite = r >= 0 and (self.b.rt.flags[r] & RF_HAS_REWRITE)
+        if self.scratch_cap - self.scratch_pos < 3 * SLOT_BYTES:
             self._flush_all()
         dst = self.scratch + self.scratch_pos
         cap = self.scratch_cap - self.scratch_pos
-        if not rewrite:
-            if version == p.version or (version == 3 and p.version == 3):
-                out[0] = buf
-                return p.total
-            if version == 2:
-                n = hep_build_v2(buf, p, dst, cap)
-            else:
-                n = hep_build_v3(buf, p, NULL, 0, NULL, 0, dst, cap)
-        else:
+        if not rewrite and not d.auth_mode and (version == p.version or version == 3 and
+                                                p.version == 3):
+            out[0] = buf
+            return p.total
+        if version == 2 and not rewrite:
+            n = hep_build_v2(buf, p, dst, cap)
+            if n < 0:
+                return -2
+            out[0] = dst
+            self.scratch_pos += n
+            return n
+        if rewrite:
             n = hep_build_v3(buf, p,
-                             self.rt.set_blob + self.rt.set_off[r] if self.rt.set_len[r] else NULL,
-                             self.rt.set_len[r],
-                             self.rt.skip + self.rt.skip_start[r] if self.rt.skip_count[r]
+                             self.b.rt.set_blob + self.b.rt.set_off[r] if self.b.rt.set_len[r]
                              else NULL,
-                             self.rt.skip_count[r], dst, cap)
-            if n > 0 and version == 2:
-                hep_parse(dst, n, &p2)
-                n2 = hep_build_v2(dst, &p2, dst + n, cap - n)
-                if n2 < 0:
-                    return -1
-                out[0] = dst + n
-                self.scratch_pos += n + n2
-                return n2
+                             self.b.rt.set_len[r],
+                             self.b.rt.skip + self.b.rt.skip_start[r] if self.b.rt.skip_count[r]
+                             else NULL,
+                             self.b.rt.skip_count[r], dst, cap)
+        else:
+            n = hep_build_v3(buf, p, NULL, 0, NULL, 0, dst, cap)
         if n < 0:
             return -1
+        if d.auth_mode and version == 3:
+            # The destination's own auth key (or none) on top of the rule's rewrite.
+            if hep_parse(dst, n, &p2) != R_OK:
+                return -1
+            n2 = hep_build_v3(dst, &p2, d.auth_blob if d.auth_mode == AUTH_SET else NULL,
+                              d.auth_len if d.auth_mode == AUTH_SET else 0, &auth_key, 1,
+                              dst + n, cap - n)
+            if n2 < 0:
+                return -1
+            out[0] = dst + n
+            self.scratch_pos += n + n2
+            return n2
+        if version == 2:
+            if hep_parse(dst, n, &p2) != R_OK:
+                return -1
+            n2 = hep_build_v2(dst, &p2, dst + n, cap - n)
+            if n2 < 0:
+                return -2
+            out[0] = dst + n
+            self.scratch_pos += n + n2
+            return n2
         out[0] = dst
         self.scratch_pos += n
         return n
@@ -433,28 +585,35 @@ cdef class Worker:
                        uint64_t *key, int *have_key, int64_t now,
                        const uint8_t **built, Py_ssize_t *built_len) noexcept nogil:
         """Queue the packet for destination di as rule r wants it. built[v-2]: per-version cache
-        of the packet already built for this rule."""
-        cdef dest_t *d = &self.dests[di]
+        of the packet already built for this rule (destinations with their own auth key build
+        their own copy)."""
+        cdef dest_t *d = &self.b.dests[di]
         cdef int i, vi = 0 if d.version == 2 else 1
         cdef const uint8_t *data
         cdef Py_ssize_t n
         cdef Py_ssize_t before = self.scratch_pos
-        if built_len[vi] == 0:
-            built_len[vi] = self._build(buf, p, r, d.version, &built[vi])
-            if self.scratch_pos < before:
-                built_len[1 - vi] = 0    # the scratch arena was flushed and reused
-        if built_len[vi] < 0:
-            self._count_drop(D_SEND_ERROR, 1)    # cannot be expressed (v2 without family, size)
+        if d.auth_mode:
+            n = self._build(buf, p, r, d, &data)
+        else:
+            if built_len[vi] == 0:
+                built_len[vi] = self._build(buf, p, r, d, &built[vi])
+                if self.scratch_pos < before:
+                    built_len[1 - vi] = 0    # the scratch arena was flushed and reused
+            n = built_len[vi]
+            data = built[vi]
+        if n < 0:
+            # Counted once per copy the destination would have received.
+            self.ctr[H_COPIES] += 1 if d.mode != M_ALL else d.tcount
+            self._ddrop(d.slot, D_UNCONVERTIBLE if n == -2 else D_TOO_BIG,
+                        1 if d.mode != M_ALL else d.tcount)
             return
-        data = built[vi]
-        n = built_len[vi]
         if d.mode == M_ALL:
             for i in range(d.tstart, d.tstart + d.tcount):
                 self._queue(i, data, n)
             return
         if d.mode == M_HASH and d.tcount > 1 and not have_key[0]:
             # Only a choice between targets needs the call key (it may scan the SIP headers).
-            key[0] = self._call_key(buf, p)
+            key[0] = sample_key(p, buf)
             have_key[0] = 1
         self._queue(self._pick(d, key[0], now), data, n)
 
@@ -474,39 +633,38 @@ cdef class Worker:
             return 0
         return cidr_match(lst.allow, lst.allow_fam, 0, lst.nallow, hi, lo, fam)
 
+    cdef inline int _check_auth(self, listener_t *lst, const uint8_t *buf,
+                                hep_pkt *p) noexcept nogil:
+        if not (p.present & ((<uint64_t>1) << CH_AUTH)) or p.auth_len != lst.auth_len:
+            return 0
+        return ct_equal(buf + p.auth_off, lst.auth, lst.auth_len)
+
     cdef void _process(self, int li, int nmsg) noexcept nogil:
         cdef int i, rc, forwarded
         cdef Py_ssize_t r, j
         cdef const uint8_t *buf
         cdef hep_pkt p
-        cdef listener_t *lst = &self.listeners[li]
+        cdef listener_t *lst = &self.b.listeners[li]
         cdef uint64_t key = 0
         cdef int have_key
         cdef int64_t now = now_ns()
         cdef const uint8_t *built[2]
         cdef Py_ssize_t built_len[2]
         cdef uint32_t flags
-        cdef cmsghdr *cm
         cdef sip_info si
         cdef const sip_info *sip
         self.now = now
         self.ctr[H_DATAGRAMS] += nmsg
         for i in range(nmsg):
             buf = self.arena + <Py_ssize_t>i * SLOT_BYTES
-            # Kernel drop counter (SO_RXQ_OVFL) rides on each datagram: keep the latest.
-            cm = CMSG_FIRSTHDR(&self.rmsgs[i].msg_hdr)
-            while cm != NULL:
-                if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SO_RXQ_OVFL:
-                    memcpy(&lst.ovfl_seen, CMSG_DATA(cm), 4)
-                cm = CMSG_NXTHDR(&self.rmsgs[i].msg_hdr, cm)
-            rc = hep_parse(buf, self.rmsgs[i].msg_len, &p)
-            if rc == R_OK and lst.has_auth and (
-                    p.auth_len != lst.auth_len
-                    or not (p.present & ((<uint64_t>1) << CH_AUTH))
-                    or memcmp(buf + p.auth_off, lst.auth, lst.auth_len) != 0):
+            # Who may send is decided before what they sent: a refused source is "acl" whatever
+            # its packet holds.
+            if lst.nallow and not self._allowed(lst, &self.raddr[i]):
+                self.ctr[OFF_INVALID + li * N_INVALID + R_ACL] += 1
+                continue
+            rc = hep_parse_lim(buf, self.rmsgs[i].msg_len, &p, self.b.max_chunks)
+            if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, &p):
                 rc = R_AUTH
-            if rc == R_OK and not self._allowed(lst, &self.raddr[i]):
-                rc = R_ACL
             if rc != R_OK:
                 self.ctr[OFF_INVALID + li * N_INVALID + rc] += 1
                 continue
@@ -514,58 +672,60 @@ cdef class Worker:
             have_key = 0
             forwarded = 0
             sip = NULL
-            if self.rt.needs_sip and pkt_is_sip(&p):
+            if self.b.rt.needs_sip and pkt_is_sip(&p):
                 if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
                     sip = &si
             r = 0
-            while r < self.nrules:
-                if not rule_match(&self.rt, r, &p, buf, li, sip):
+            while r < self.b.nrules:
+                if not rule_match(&self.b.rt, r, &p, buf, li, sip):
                     r += 1
                     continue
-                flags = self.rt.flags[r]
-                self.ctr[OFF_RULE + self.rule_slot[r]] += 1
+                flags = self.b.rt.flags[r]
+                self.ctr[OFF_RULE + self.b.rule_slot[r]] += 1
                 if flags & RF_HAS_SAMPLE:
                     if not have_key:
-                        key = self._call_key(buf, &p)
+                        key = sample_key(&p, buf)
                         have_key = 1
-                    if not rule_sample_keep(&self.rt, r, True, key):
+                    if not rule_sample_keep(&self.b.rt, r, True, key):
                         if not forwarded:
-                            self._count_drop(D_SAMPLE, 1)
+                            self._drop(D_SAMPLE, 1)
                             forwarded = -1
                         break
                 if flags & RF_DROP:
                     if not forwarded:
-                        self._count_drop(D_RULE, 1)
+                        self._drop(D_RULE, 1)
                         forwarded = -1
                     break
                 built_len[0] = 0
                 built_len[1] = 0
-                for j in range(self.rt.fwd_start[r], self.rt.fwd_start[r] + self.rt.fwd_count[r]):
-                    self._forward(buf, &p, r, self.rt.fwd[j], &key, &have_key, now,
+                for j in range(self.b.rt.fwd_start[r],
+                               self.b.rt.fwd_start[r] + self.b.rt.fwd_count[r]):
+                    self._forward(buf, &p, r, self.b.rt.fwd[j], &key, &have_key, now,
                                   built, built_len)
                 forwarded = 1
                 if not (flags & RF_CONTINUE):
                     break
                 r += 1
             if forwarded == 0:
-                if self.default_dest >= 0:
+                if self.b.default_dest >= 0:
                     built_len[0] = 0
                     built_len[1] = 0
-                    self._forward(buf, &p, -1, self.default_dest, &key, &have_key, now,
+                    self._forward(buf, &p, -1, self.b.default_dest, &key, &have_key, now,
                                   built, built_len)
                     forwarded = 1
                 else:
-                    self._count_drop(D_NO_ROUTE, 1)
+                    self._drop(D_NO_ROUTE, 1)
             if forwarded == 1:
                 self.ctr[H_ROUTED] += 1
-        self.ctr[OFF_OVERFLOW + li] = lst.ovfl_base + lst.ovfl_seen
 
     def run(self, int slice_ms=100, int idle_poll_ms=50):
-        """Forward until `slice_ms` has passed; returns the number of datagrams handled."""
+        """Forward until `slice_ms` has passed; returns the number of datagrams handled.
+        slice_ms = 0: one non-blocking pass over every listener (the drain uses it)."""
         cdef int i, n, li, got, total = 0
+        cdef int flags
         cdef int64_t deadline, t
         if not self.bound:
-            raise RuntimeError("bind() tables first")
+            raise RuntimeError("bind() a plan first")
         with nogil:
             deadline = now_ns() + <int64_t>slice_ms * 1000000
             while True:
@@ -574,13 +734,14 @@ cdef class Worker:
                     # The kernel only rewrites the lengths and flags of the entries it filled.
                     for i in range(self.rdirty):
                         self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                        self.rmsgs[i].msg_hdr.msg_controllen = CTRL
                         self.rmsgs[i].msg_hdr.msg_flags = 0
                     self.rdirty = 0
                     # One listener: block in the kernel until a datagram comes (the socket has
-                    # SO_RCVTIMEO, so idle loops still come back); several: never block on one.
-                    n = recvmmsg(self.listeners[li].fd, self.rmsgs, self.batch,
-                                 MSG_WAITFORONE if self.nlisteners == 1 else MSG_DONTWAIT, NULL)
+                    # SO_RCVTIMEO, so idle loops still come back); several, or a drain: never
+                    # block on one.
+                    flags = MSG_WAITFORONE if (self.nlisteners == 1 and slice_ms > 0) \
+                        else MSG_DONTWAIT
+                    n = recvmmsg(self.listener_fds[li], self.rmsgs, self.batch, flags, NULL)
                     if n <= 0:
                         continue
                     self.rdirty = n
@@ -598,6 +759,23 @@ cdef class Worker:
                     poll(self.pfds, self.nlisteners, idle_poll_ms)
                 elif got == 0 and self.blocking == 0:
                     poll(self.pfds, 1, idle_poll_ms)
+        return total
+
+    def discard(self):
+        """Read and count what is left in the sockets without forwarding it (the end of a drain
+        that ran out of time). Returns the number of datagrams."""
+        cdef int li, n, total = 0
+        with nogil:
+            for li in range(self.nlisteners):
+                while True:
+                    for n in range(self.batch):
+                        self.rmsgs[n].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                    n = recvmmsg(self.listener_fds[li], self.rmsgs, self.batch, MSG_DONTWAIT,
+                                 NULL)
+                    if n <= 0:
+                        break
+                    total += n
+        self.ctr[H_DRAIN_LEFT] += total
         return total
 
     def flush(self):

@@ -30,25 +30,27 @@ def load_default() -> Config:
     return load_config(DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: str | os.PathLike) -> Config:
+def load_config(path: str | os.PathLike, *, implemented: bool = False) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError("", f"{os.fspath(path)!r} is not UTF-8 text: {exc}") from None
-    return parse_config(text, source=os.fspath(path))
+    return parse_config(text, source=os.fspath(path), implemented=implemented)
 
 
-def parse_config(text: str, source: str = "<string>") -> Config:
+def parse_config(text: str, source: str = "<string>", *, implemented: bool = False) -> Config:
+    """implemented=True (check, run, reload): transports this version does not implement yet are
+    refused first, before any other check."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{source}: not valid TOML: {exc}") from None
-    return from_dict(raw)
+    return from_dict(raw, implemented=implemented)
 
 
-def from_dict(raw: dict) -> Config:
+def from_dict(raw: dict, *, implemented: bool = False) -> Config:
     """Validate an already-parsed configuration (the dict tomllib returns)."""
     if not isinstance(raw, dict):
         raise ConfigError("", f"expected a table of settings, got {type(raw).__name__}")
@@ -59,7 +61,7 @@ def from_dict(raw: dict) -> Config:
         for name, body in dests.items():
             _convert(body, Destination, f"destinations.{_qkey(name)}")
     cfg = _convert(raw, Config, "")
-    validate(cfg)
+    validate(cfg, implemented=implemented)
     return cfg
 
 

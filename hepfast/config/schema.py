@@ -74,8 +74,9 @@ class Destination(_Base):
     hep_version: Literal[2, 3] = 3
     path: str | None = None          # file, pcap, parquet: a directory
     dsn: str | None = None           # postgres
-    # Ring-fed destinations (everything but udp): bytes of the shared-memory ring per worker.
-    ring_bytes: Annotated[int, msgspec.Meta(ge=65536, le=1 << 32)] = 64 * MiB
+    # Ring-fed destinations (everything but udp): bytes of the shared-memory ring per worker
+    # (at least 256 KiB, so that any 64 KiB packet fits).
+    ring_bytes: Annotated[int, msgspec.Meta(ge=262144, le=1 << 32)] = 64 * MiB
     # Rotating files (file, pcap): a new file past rotate_bytes or rotate_seconds; keep at most
     # `keep` finished files (0: keep all).
     rotate_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 256 * MiB

@@ -10,6 +10,7 @@ reloads (SlotMap), so a reload that reorders rules does not move counts between 
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
 
@@ -52,13 +53,24 @@ MAX_TARGETS = MAX_TARGET_SLOTS
 
 
 class Counters:
-    """The shared block: `rows` is a (workers, STRIDE) uint64 array over a MAP_SHARED mmap."""
+    """The shared block: `rows` is a (rows, STRIDE) uint64 array over a MAP_SHARED mapping, of
+    an anonymous mmap (tests, tools) or of the run directory's `counters` file (the switch: the
+    supervisor creates it, workers and egress processes map it)."""
 
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._mm = mmap.mmap(-1, max(1, workers) * STRIDE * 8,
-                             flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-        self.rows = np.frombuffer(self._mm, dtype=np.uint64).reshape(max(1, workers), STRIDE)
+    def __init__(self, rows: int, *, path: str | None = None, create: bool = False):
+        if path is None:
+            self._mm = mmap.mmap(-1, max(1, rows) * STRIDE * 8,
+                                 flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        else:
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+            try:
+                if create:
+                    os.ftruncate(fd, max(1, rows) * STRIDE * 8)
+                self._mm = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED)
+            finally:
+                os.close(fd)
+        self.rows = np.frombuffer(self._mm, dtype=np.uint64).reshape(-1, STRIDE)
+        self.workers = self.rows.shape[0]
 
     def row(self, i: int) -> np.ndarray:
         return self.rows[i]
@@ -86,33 +98,11 @@ class Counters:
             "overflows": int(t[OFF_OVERFLOW:OFF_RULE].sum()),
             "rules": t[OFF_RULE:OFF_DROP].tolist(),
             "dropped": t[OFF_DROP:OFF_DEST_DROP].tolist(),
+            "dest_dropped": t[OFF_DEST_DROP:OFF_FORWARDED].reshape(MAX_DEST_SLOTS, N_DROP),
             "forwarded": t[OFF_FORWARDED:OFF_SEND_ERR].tolist(),
             "send_errors": t[OFF_SEND_ERR:OFF_LAST_ERR].tolist(),
+            "queued": t[OFF_QUEUED:STRIDE].tolist(),
             "copies": int(t[H_COPIES]),
             "routed": int(t[H_ROUTED]),
+            "drain_left": int(t[H_DRAIN_LEFT]),
         }
-
-
-class SlotMap:
-    """Stable small-integer slots for names (rules, destination targets) across reloads."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.slots: dict[str, int] = {}
-
-    def assign(self, names: list[str]) -> list[int]:
-        free = sorted(set(range(self.capacity)) - set(self.slots.values()))
-        out = []
-        for n in names:
-            if n not in self.slots:
-                if not free:
-                    # Reuse slots of names no longer configured before giving up.
-                    live = set(names)
-                    for old in [k for k in self.slots if k not in live]:
-                        free.append(self.slots.pop(old))
-                    free.sort()
-                if not free:
-                    raise ValueError(f"more than {self.capacity} distinct names")
-                self.slots[n] = free.pop(0)
-            out.append(self.slots[n])
-        return out

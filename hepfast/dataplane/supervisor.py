@@ -1,166 +1,350 @@
-"""The switch: a supervisor process and its forked data-plane workers.
+"""The switch: a supervisor process, its data-plane workers and its egress processes.
 
 Roles and invariants:
-- The supervisor validates and compiles the config, opens every listening socket (one
-  SO_REUSEPORT socket per worker per listener, so the kernel spreads flows), maps the shared
-  counter block, forks the workers and then only supervises: reload, respawn, admin API.
-- Listening sockets live in the supervisor for its whole life. A respawned worker inherits the very
-  socket its predecessor read, so datagrams that arrived meanwhile wait in its queue; a reload never
-  closes one. Nothing is lost to a reload or a worker crash short of the socket buffer filling.
-- Reload: the supervisor validates and compiles the new text first (a bad config changes nothing
-  and is counted as an error), writes it with the stable counter slots to the run directory, then
-  bumps the shared target generation. Each worker sees it between two batches (at most one
-  `slice` later), compiles the same text itself (compilation is deterministic) and swaps tables.
-- Signal handlers only set flags; the supervisor loop acts on them (gunicorn's arbiter pattern).
-- Worker exit codes: 0 after a drain on SIGTERM, 3 when it could not start (bad environment): such
-  workers are respawned with exponential backoff instead of a tight loop.
+- The supervisor is the only process that reads the config. It validates and compiles it once
+  (hepfast.plan.compile: DNS resolved here, limits checked), assigns counter slots (names keep
+  their slot for the whole run, hepfast.plan.emit.Slots) and writes an immutable plan file per
+  generation into the run directory (hepfast.dataplane.rundir). Workers and egress processes are
+  fresh interpreters that map that plan read-only; they never parse TOML or resolve names.
+- It opens every listening socket (one SO_REUSEPORT socket per worker per listener), keeps them
+  for its whole life and hands each worker its own by fd inheritance (nothing else is inherited).
+  A respawned worker gets the very socket its predecessor read, so datagrams that arrived
+  meanwhile wait in its queue; a reload never closes one. With `switch.spread = "packet"` a
+  reuseport program spreads every datagram over the group, so one busy sender uses every worker.
+  A listen address some other process already serves is refused at start (unless
+  `allow_shared_port`).
+- Reload (SIGHUP or POST /reload, always carried out by the main loop; requests that arrive
+  while one is pending share its result): compile, check what cannot change, assign slots, write
+  the candidate plan, ask for its generation in the control block, then wait until every live
+  worker has acknowledged it. A worker that cannot take it keeps the old plan and says why; the
+  supervisor then asks everyone back to the old generation and reports the reload as an error
+  with that reason. Only after success are egress processes started, restarted or retired and
+  the old plan file removed.
+- Ring-fed destinations (file, later tcp/tls/storage) have one egress process each, fed by one
+  shared-memory ring per worker; the rings outlive their processes, so a crashed or restarted
+  egress process loses nothing that was queued.
+- Signal handlers only set flags; the main loop acts on them (gunicorn's arbiter pattern).
+  Children get SIGTERM from the kernel when the supervisor dies (PR_SET_PDEATHSIG).
+- Stop: workers drain their sockets (bounded by switch.drain_timeout) and count what is left;
+  then the supervisor counts what arrived after that, then egress processes drain their rings.
+- Worker exit codes: 0 after a drain, 3 when it could not start: such children are respawned
+  with exponential backoff instead of a tight loop.
 """
 from __future__ import annotations
 
 import errno
+import json
 import logging
-import mmap
 import os
 import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
-import numpy as np
-
+import hepfast
+from hepfast import constants as K
 from hepfast.config import DEFAULT_CONFIG_PATH, ConfigError
 from hepfast.dataplane import counters as C
-from hepfast.dataplane.worker import EXIT_BOOT_ERROR, RCVBUF, target_key, worker_main
-from hepfast.plan.compile import compile_text
+from hepfast.dataplane import rundir as R
+from hepfast.dataplane.worker import EXIT_BOOT_ERROR
+from hepfast.plan.compile import Compiled, compile_text
+from hepfast.plan.emit import Slots, emit, target_key
+from hepfast.plan.format import write_plan
 
-log = logging.getLogger("hepfast.dataplane.supervisor")
+log = logging.getLogger("hepfast.switch")
 
 RECV_TIMEOUT_US = 100_000
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+RELOAD_ACK_TIMEOUT_S = 10.0
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
+SO_ATTACH_REUSEPORT_CBPF = 51
+SO_DETACH_REUSEPORT_BPF = 68
+
+
+def _pythonpath_env() -> dict:
+    """The environment for children: this hepfast importable whatever the cwd."""
+    env = dict(os.environ)
+    root = str(Path(hepfast.__file__).resolve().parents[1])
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    return env
 
 
 @dataclass
-class WorkerSlot:
-    index: int
-    pid: int = 0
+class Child:
+    """A worker or an egress process slot: who runs there now and how often it failed."""
+    index: int                  # worker index, or egress slot
+    row: int                    # counter row
+    proc: subprocess.Popen | None = None
     started: float = 0.0
     fails: int = 0
     next_start: float = 0.0
+    dest: str = ""              # egress: destination name
+    dest_slot: int = -1
+    settings: tuple = ()
+    retiring: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
 
 
 def restart_delay(fails: int) -> float:
-    """Seconds before respawning a worker that failed `fails` times in a row at start-up (or
+    """Seconds before respawning a child that failed `fails` times in a row at start-up (or
     within a second of it): the first crash is replaced at once, repeated ones back off
-    exponentially up to 30 s, so a worker that cannot start never spins in a tight loop."""
+    exponentially up to 30 s, so a child that cannot start never spins in a tight loop."""
     return 0.0 if fails <= 1 else min(30.0, 0.5 * 2 ** (fails - 1))
 
 
+@dataclass
+class _ReloadRequest:
+    path: Path | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple[bool, str] = (False, "not run")
+
+
 class Supervisor:
-    """Owns sockets, counters and workers. `start()`, then `serve()` until a stop signal (or call
-    `stop()` from another thread)."""
+    """Owns sockets, counters, plans and children. `start()`, then `serve()` until a stop signal
+    (or call `stop()` from another thread)."""
 
     def __init__(self, config_path: str | Path | None = None, *, workers: int | None = None,
-                 admin: bool = True):
+                 admin: bool = True, allow_shared_port: bool = False):
         self.config_path = Path(config_path) if config_path else DEFAULT_CONFIG_PATH
         text = self.config_path.read_text()
-        self.compiled = compile_text(text, str(self.config_path))
+        self.compiled: Compiled = compile_text(text, str(self.config_path))
+        self._workers_override = workers
         self.nworkers = workers or self.compiled.workers
         self.batch = self.compiled.batch
-        self.counters = C.Counters(self.nworkers)
-        self._ctl_mm = mmap.mmap(-1, 64, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-        self.ctl = np.frombuffer(self._ctl_mm, dtype=np.int64)
-        self.rundir = tempfile.mkdtemp(prefix="hepfast-")
-        self.rule_slots = C.SlotMap(C.MAX_RULES)
-        self.target_slots = C.SlotMap(C.MAX_TARGETS)
+        self.allow_shared_port = allow_shared_port
+        R.remove_stale()
+        self.rundir = R.create()
+        self.ctl = R.make_ctl(self.rundir)
+        self.ctl.arr[R.CTL_SUPERVISOR] = os.getpid()
+        self.egress_row0 = self.nworkers
+        self.own_row = self.nworkers + K.MAX_EGRESS       # the supervisor's own counters
+        self.counters = R.make_counters(self.rundir, self.own_row + 1)
+        self.slots = Slots()
         self.generation = 0
+        self.plan_slots: dict = {}
         self.reload_counts = {"ok": 0, "error": 0}
         self.last_reload_error: str | None = None
         self.restarts = 0
         self.started_at = time.time()
         self.listener_socks: list[list[socket.socket]] = []   # [worker][listener]
         self.bound: list[tuple[str, str, int]] = []           # (name, host, port)
-        self.slots = [WorkerSlot(i) for i in range(self.nworkers)]
+        self.granted: dict[str, dict] = {}                    # listener -> socket buffers
+        self.workers = [Child(i, i) for i in range(self.nworkers)]
+        self.egress: dict[int, Child] = {}                    # egress slot -> child
         self._lock = threading.Lock()
         self._flags: set[str] = set()
+        self._pending: _ReloadRequest | None = None
+        self._serving = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.admin = None
         self._want_admin = admin
-        self._publish(text, str(self.config_path), self.compiled)
+        self._env = _pythonpath_env()
+        self._publish_first()
 
-    # -- config generations
+    # ----------------------------------------------------------------------- generations
 
-    def _publish(self, text: str, source: str, compiled) -> None:
-        names = list(compiled.rule_names)
-        tkeys = [target_key(d.name, t.host, t.port)
-                 for d in compiled.destinations for t in d.targets]
-        rs = dict(zip(names, self.rule_slots.assign(names), strict=True))
-        ts = dict(zip(tkeys, self.target_slots.assign(tkeys), strict=True))
-        gen = self.generation + 1
-        Path(self.rundir, f"gen-{gen}.json").write_bytes(msgspec.json.encode(
-            {"text": text, "source": source, "rule_slots": rs, "target_slots": ts}))
-        self.compiled = compiled
-        self.generation = gen
-        self.ctl[0] = gen
+    def _slot_names(self, c: Compiled) -> dict:
+        try:
+            return self.slots.assign(c)
+        except ValueError as exc:
+            raise ConfigError("", str(exc)) from None
+
+    def _write(self, c: Compiled, gen: int, slots: dict, source: str) -> None:
+        header, arrays = emit(c, slots, generation=gen, source=source)
+        write_plan(R.plan_path(self.rundir, gen), header, arrays)
+
+    def _ensure_rings(self, c: Compiled, slots: dict) -> list[str]:
+        """Ring files for every ring-fed destination and worker; returns those created."""
+        made = []
+        for di, d in enumerate(c.destinations):
+            if d.egress != "ring":
+                continue
+            for w in range(self.nworkers):
+                path = R.ring_path(self.rundir, slots["destinations"][di], w)
+                if os.path.exists(path):
+                    if R.ring_size(path) < d.ring_bytes:
+                        raise ConfigError(f"destinations.{d.name}.ring_bytes",
+                                          "cannot grow while running (restart hepfast)")
+                    continue
+                R.create_ring(path, d.ring_bytes)
+                made.append(path)
+        return made
+
+    def _publish_first(self) -> None:
+        slots = self._slot_names(self.compiled)
+        self._ensure_rings(self.compiled, slots)
+        self._write(self.compiled, 1, slots, str(self.config_path))
+        self.generation = 1
+        self.plan_slots = slots
+        self.ctl.arr[R.CTL_GENERATION] = 1
 
     def rule_slot(self, name: str) -> int:
-        return self.rule_slots.slots[name]
+        return self.slots.rules.slots[name]
 
-    def target_slot(self, dest: str, host: str, port: int) -> int:
-        return self.target_slots.slots[target_key(dest, host, port)]
+    def target_slot(self, dest: str, host: str, port: int | None = None) -> int:
+        """The counter slot of a target, by its configured "host:port" (or store path), or by
+        the resolved (host, port) of a target of the current config."""
+        if port is None:
+            return self.slots.targets.slots[target_key(dest, host)]
+        for d in self.compiled.destinations:
+            if d.name == dest:
+                for t in d.targets:
+                    if (t.host, t.port) == (host, port):
+                        return self.slots.targets.slots[target_key(dest, t.configured)]
+        raise KeyError(f"{dest}/{host}:{port}")
+
+    def target_views(self) -> list[tuple[str, str, str, str, int]]:
+        """(destination, mode, transport, target label, slot) for every target this run has
+        counted, current ones first: a target a reload removed keeps its series and its counts
+        in the totals."""
+        out, seen = [], set()
+        for d in self.compiled.destinations:
+            for t in d.targets:
+                label = (f"[{t.host}]:{t.port}" if ":" in t.host else f"{t.host}:{t.port}") \
+                    if t.port else t.configured
+                slot = self.slots.targets.slots[target_key(d.name, t.configured)]
+                out.append((d.name, d.mode, d.transport, label, slot))
+                seen.add(slot)
+        for key, slot in self.slots.targets.slots.items():
+            if slot not in seen:
+                dest, _, configured = key.partition("/")
+                out.append((dest, "", "retired", configured, slot))
+        return out
+
+    def dest_slot(self, name: str) -> int:
+        return self.slots.destinations.slots[name]
 
     def listener_index(self, name: str) -> int:
         return [li.name for li in self.compiled.listeners].index(name)
 
-    def request_reload(self, path: str | Path | None = None) -> tuple[bool, str]:
-        """Validate and apply the config file (thread-safe). A bad one changes nothing."""
-        with self._lock:
-            p = Path(path) if path else self.config_path
-            try:
-                text = p.read_text()
-                compiled = compile_text(text, str(p))
-                old = [(li.name, li.host, li.port, li.transport) for li in self.compiled.listeners]
-                new = [(li.name, li.host, li.port, li.transport) for li in compiled.listeners]
-                if old != new:
-                    raise ConfigError("listeners", "listeners cannot change on reload "
-                                      "(restart hepfast to rebind sockets)")
-                if compiled.batch != self.batch:
-                    raise ConfigError("switch.batch", "batch cannot change on reload "
-                                      "(restart hepfast)")
-            except (ConfigError, OSError) as exc:
-                self.reload_counts["error"] += 1
-                self.last_reload_error = str(exc)
-                log.error("reload refused, still running generation %d: %s",
-                          self.generation, exc)
-                return False, str(exc)
-            self._publish(text, str(p), compiled)
-            self.reload_counts["ok"] += 1
-            self.last_reload_error = None
-            log.info("reloaded %s: generation %d", p, self.generation)
-            return True, f"generation {self.generation}"
+    # ----------------------------------------------------------------------- reload
 
-    # -- sockets and workers
+    def request_reload(self, path: str | Path | None = None,
+                       timeout: float = 60.0) -> tuple[bool, str]:
+        """Validate and apply the config file. Carried out by the main loop when it runs (the
+        admin API calls this from its threads); requests that arrive while one is pending
+        share its result. A bad config changes nothing."""
+        p = Path(path) if path else None
+        if not self._serving or threading.current_thread() is threading.main_thread():
+            with self._lock:
+                return self._reload(p)
+        with self._lock:
+            req = self._pending
+            if req is None or req.done.is_set():
+                req = self._pending = _ReloadRequest(p)
+            elif p is not None:
+                req.path = p
+        self._signal("reload-request")
+        if not req.done.wait(timeout):
+            return False, "reload still in progress (timed out waiting for it)"
+        return req.result
+
+    def _refuse(self, msg: str) -> tuple[bool, str]:
+        self.reload_counts["error"] += 1
+        self.last_reload_error = msg
+        log.error("reload refused, still running generation %d: %s", self.generation, msg)
+        return False, msg
+
+    def _reload(self, path: Path | None) -> tuple[bool, str]:
+        p = path or self.config_path
+        try:
+            text = p.read_text()
+            c = compile_text(text, str(p))
+            self._check_unchangeable(c)
+            slots = self._slot_names(c)
+            made = self._ensure_rings(c, slots)
+        except (ConfigError, OSError) as exc:
+            return self._refuse(str(exc))
+        gen = self.generation + 1
+        old = self.generation
+        try:
+            self._write(c, gen, slots, str(p))
+        except OSError as exc:
+            return self._refuse(f"cannot write the plan: {exc}")
+        self.ctl.arr[R.CTL_GENERATION] = gen
+        ok, why = self._await_generation(gen)
+        if not ok:
+            self.ctl.arr[R.CTL_GENERATION] = old
+            self._await_generation(old)
+            _unlink(R.plan_path(self.rundir, gen))
+            for path_ in made:
+                _unlink(path_)
+            return self._refuse(why)
+        previous = self.compiled
+        self.compiled, self.generation, self.plan_slots = c, gen, slots
+        _unlink(R.plan_path(self.rundir, old))
+        self._apply_socket_options(c)
+        self._sync_egress()
+        self.reload_counts["ok"] += 1
+        self.last_reload_error = None
+        log.info("reloaded %s: generation %d (%s)", p, gen, _changes(previous, c))
+        return True, f"generation {gen}"
+
+    def _check_unchangeable(self, c: Compiled) -> None:
+        old = [(li.name, li.host, li.port, li.transport) for li in self.compiled.listeners]
+        new = [(li.name, li.host, li.port, li.transport) for li in c.listeners]
+        if old != new:
+            raise ConfigError("listeners", "listeners cannot change on reload "
+                              "(restart hepfast to rebind sockets)")
+        if c.batch != self.batch:
+            raise ConfigError("switch.batch", "batch cannot change on reload (restart hepfast)")
+        if self._workers_override is None and c.workers != self.nworkers:
+            raise ConfigError("switch.workers", f"the number of workers cannot change on reload "
+                              f"(running {self.nworkers}; restart hepfast to change it)")
+        if c.admin_listen != self.compiled.admin_listen and self.admin is not None:
+            raise ConfigError("admin.listen", "admin.listen cannot change on reload "
+                              "(restart hepfast to rebind the admin API)")
+
+    def _await_generation(self, gen: int) -> tuple[bool, str]:
+        """Wait until every live worker runs `gen` (ok) or one refuses it (its reason)."""
+        deadline = time.monotonic() + RELOAD_ACK_TIMEOUT_S
+        while True:
+            waiting = []
+            for w in self.workers:
+                if w.proc is None or w.proc.poll() is not None:
+                    continue                      # respawned later with the wanted generation
+                row = self.counters.row(w.row)
+                if int(row[K.H_GENERATION]) == gen:
+                    continue
+                if int(row[K.H_REFUSED]) == gen:
+                    why = R.read_error(self.rundir, w.index, gen) or \
+                        f"worker {w.index} refused generation {gen}"
+                    return False, why
+                waiting.append(w.index)
+            if not waiting:
+                return True, ""
+            if time.monotonic() > deadline:
+                return False, (f"workers {waiting} did not take generation {gen} within "
+                               f"{RELOAD_ACK_TIMEOUT_S:g} s")
+            time.sleep(0.005)
+
+    # ----------------------------------------------------------------------- sockets
 
     def _open_listeners(self) -> None:
         self.listener_socks = [[] for _ in range(self.nworkers)]
+        sw = self.compiled.config.switch
         for li in self.compiled.listeners:
             port = li.port
+            if port and not self.allow_shared_port:
+                _check_not_served(li)
+            group = []
             for w in range(self.nworkers):
                 s = socket.socket(li.family, socket.SOCK_DGRAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                _set_rcvbuf(s)
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-                except OSError:
-                    pass
+                _set_rcvbuf(s, sw.rcvbuf)
                 if li.family == socket.AF_INET6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 try:
@@ -176,32 +360,118 @@ class Supervisor:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                              struct.pack("ll", 0, RECV_TIMEOUT_US))
                 self.listener_socks[w].append(s)
+                group.append(s)
             self.bound.append((li.name, li.host, port))
+            self._spread(li.name, group, sw.spread)
+            self.granted[li.name] = {
+                "rcvbuf_asked": sw.rcvbuf,
+                "rcvbuf_granted": group[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                "spread": sw.spread}
 
-    def _spawn(self, slot: WorkerSlot) -> None:
-        row = self.counters.row(slot.index)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
+    def _spread(self, name: str, group: list[socket.socket], how: str) -> None:
+        if how == "packet" and len(group) > 1:
             try:
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                code = worker_main(slot.index, self.listener_socks[slot.index], row, self.ctl,
-                                   self.rundir, self.batch)
-            except BaseException as exc:  # noqa: BLE001 - a worker must never unwind into us
-                print(f"hepfast worker {slot.index} crashed: {exc!r}", file=sys.stderr)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        slot.pid = pid
-        slot.started = time.monotonic()
-        row[C.H_HEARTBEAT] = time.monotonic_ns()
+                attach_random_spread(group[0], len(group))
+            except OSError as exc:
+                log.warning("listener %s: cannot spread by packet (%s); the kernel spreads by "
+                            "flow", name, exc)
+        elif how == "flow" and group:
+            try:
+                group[0].setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
+            except OSError:
+                pass                    # none attached: the kernel already spreads by flow
+
+    def _apply_socket_options(self, c: Compiled) -> None:
+        sw = c.config.switch
+        for li_i, li in enumerate(c.listeners):
+            group = [socks[li_i] for socks in self.listener_socks if len(socks) > li_i]
+            for s in group:
+                _set_rcvbuf(s, sw.rcvbuf)
+            if group:
+                self._spread(li.name, group, sw.spread)
+                self.granted[li.name] = {
+                    "rcvbuf_asked": sw.rcvbuf,
+                    "rcvbuf_granted": group[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    "spread": sw.spread}
+
+    def refresh_kernel_counters(self) -> None:
+        """The kernel's own per-socket drop counts (SO_MEMINFO), summed per listener into the
+        supervisor's row: exact, and free for the workers."""
+        row = self.counters.row(self.own_row)
+        for li in range(len(self.bound)):
+            total = 0
+            for socks in self.listener_socks:
+                if li < len(socks):
+                    total += socket_drops(socks[li])
+            row[K.OFF_OVERFLOW + li] = max(int(row[K.OFF_OVERFLOW + li]), total)
+
+    # ----------------------------------------------------------------------- children
+
+    def _spawn_worker(self, w: Child) -> None:
+        row = self.counters.row(w.row)
+        row[K.H_GENERATION] = 0
+        row[K.H_REFUSED] = 0
+        row[K.H_STATE] = 0
+        row[K.H_HEARTBEAT] = time.monotonic_ns()
+        fds = [s.fileno() for s in self.listener_socks[w.index]]
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "hepfast.dataplane.worker", self.rundir, str(w.index),
+             ",".join(map(str, fds)), str(os.getpid())],
+            pass_fds=fds, stdin=subprocess.DEVNULL, env=self._env)
+        w.started = time.monotonic()
+
+    def _spawn_egress(self, e: Child) -> None:
+        row = self.counters.row(e.row)
+        row[K.H_STATE] = 0
+        row[K.H_HEARTBEAT] = time.monotonic_ns()
+        e.proc = subprocess.Popen(
+            [sys.executable, "-m", "hepfast.egress.main", self.rundir, str(self.generation),
+             str(e.dest_slot), str(e.row), str(self.nworkers), str(os.getpid())],
+            stdin=subprocess.DEVNULL, env=self._env)
+        e.started = time.monotonic()
+
+    def _sync_egress(self) -> None:
+        """One egress process per ring-fed destination of the current plan: start new ones,
+        restart those whose settings changed, retire the others (they drain first)."""
+        want = {}
+        for di, d in enumerate(self.compiled.destinations):
+            if d.egress == "ring":
+                slot = self.plan_slots["egress"][d.name]
+                want[slot] = (d.name, self.plan_slots["destinations"][di], d.settings)
+        for slot, e in list(self.egress.items()):
+            if slot not in want or want[slot][2] != e.settings:
+                self._stop_child(e, retire=slot not in want)
+                if slot not in want:
+                    del self.egress[slot]
+        for slot, (name, dslot, settings) in want.items():
+            e = self.egress.get(slot)
+            if e is None or e.proc is None:
+                e = Child(slot, self.egress_row0 + slot, dest=name, dest_slot=dslot,
+                          settings=settings)
+                self.egress[slot] = e
+                self._spawn_egress(e)
+
+    def _stop_child(self, c: Child, retire: bool, timeout: float | None = None) -> None:
+        if c.proc is None:
+            return
+        if c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGTERM)
+            try:
+                c.proc.wait(timeout if timeout is not None
+                            else self.compiled.config.switch.drain_timeout + 10)
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait(5)
+        c.proc = None
+        if retire and c.dest_slot >= 0:
+            for w in range(self.nworkers):
+                _unlink(R.ring_path(self.rundir, c.dest_slot, w))
 
     def start(self) -> None:
         self._open_listeners()
-        for s in self.slots:
-            self._spawn(s)
+        for w in self.workers:
+            self._spawn_worker(w)
+        self._sync_egress()
         if self._want_admin and self.compiled.admin_listen:
             try:
                 from hepfast.observe.admin import AdminServer
@@ -216,11 +486,33 @@ class Supervisor:
     def workers_alive(self) -> list[dict]:
         now = time.monotonic_ns()
         out = []
-        for s in self.slots:
-            row = self.counters.row(s.index)
-            out.append({"index": s.index, "pid": s.pid, "alive": s.pid > 0 and _alive(s.pid),
-                        "generation": int(row[C.H_GENERATION]),
-                        "heartbeat_age_s": max(0.0, (now - int(row[C.H_HEARTBEAT])) / 1e9)})
+        for w in self.workers:
+            row = self.counters.row(w.row)
+            out.append({"index": w.index, "pid": w.pid,
+                        "alive": w.proc is not None and w.proc.poll() is None,
+                        "generation": int(row[K.H_GENERATION]),
+                        "heartbeat_age_s": max(0.0, (now - int(row[K.H_HEARTBEAT])) / 1e9),
+                        "datagrams": int(row[K.H_DATAGRAMS]),
+                        "copies": int(row[K.H_COPIES]),
+                        "forwarded": int(row[K.OFF_FORWARDED:K.OFF_SEND_ERR].sum()),
+                        "queued": int(row[K.OFF_QUEUED:K.STRIDE].sum())})
+        return out
+
+    def egress_status(self) -> list[dict]:
+        out = []
+        for _slot, e in sorted(self.egress.items()):
+            doc = {}
+            try:
+                with open(os.path.join(self.rundir, f"egress-{e.dest_slot}.json")) as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                pass
+            out.append({"destination": e.dest, "pid": e.pid,
+                        "alive": e.proc is not None and e.proc.poll() is None,
+                        "up": bool(doc.get("up", False)), "detail": doc.get("detail", ""),
+                        "metrics": doc.get("metrics", {}),
+                        "ring_used_bytes": sum(doc.get("ring_used_bytes", [])),
+                        "ring_size_bytes": sum(doc.get("ring_size_bytes", []))})
         return out
 
     def healthy(self) -> tuple[bool, str]:
@@ -231,6 +523,9 @@ class Supervisor:
                 return False, f"worker {w['index']} is not running"
             if w["generation"] == 0:
                 return False, f"worker {w['index']} is starting"
+        for e in self.egress.values():
+            if e.proc is None or e.proc.poll() is not None:
+                return False, f"egress process of {e.dest} is not running"
         return True, "ok"
 
     def _signal(self, name: str) -> None:
@@ -250,118 +545,216 @@ class Supervisor:
         self._signal("stop")
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            for s in self.slots:
-                if s.pid == pid:
-                    code = os.waitstatus_to_exitcode(status)
-                    lived = time.monotonic() - s.started
-                    s.pid = 0
-                    s.fails = s.fails + 1 if (code == EXIT_BOOT_ERROR or lived < 1.0) else 0
-                    delay = restart_delay(s.fails)
-                    s.next_start = time.monotonic() + delay
-                    self.restarts += 1
-                    self.counters.rows[0][C.H_RESTARTS] = self.restarts
-                    log.warning("worker %d (pid %d) exited with %s; restarting%s", s.index, pid,
-                                code, f" in {delay:.1f}s" if delay else "")
+        children = [(w, "worker") for w in self.workers] + \
+            [(e, "egress") for e in self.egress.values()]
+        for c, kind in children:
+            if c.proc is None:
+                continue
+            code = c.proc.poll()
+            if code is None:
+                continue
+            lived = time.monotonic() - c.started
+            c.proc = None
+            c.fails = c.fails + 1 if (code == EXIT_BOOT_ERROR or lived < 1.0) else 0
+            delay = restart_delay(c.fails)
+            c.next_start = time.monotonic() + delay
+            self.restarts += 1
+            self.counters.row(self.own_row)[K.H_RESTARTS] = self.restarts
+            what = f"worker {c.index}" if kind == "worker" else f"egress process of {c.dest}"
+            log.warning("%s exited with %s; restarting%s", what, code,
+                        f" in {delay:.1f}s" if delay else "")
+
+    def _respawn(self) -> None:
+        now = time.monotonic()
+        for w in self.workers:
+            if w.proc is None and now >= w.next_start:
+                self._spawn_worker(w)
+            elif w.proc is not None and now - w.started > 5 and \
+                    (time.monotonic_ns() - int(self.counters.row(w.row)[K.H_HEARTBEAT])) > 10e9:
+                log.error("worker %d (pid %d) stuck for 10 s: killing it", w.index, w.pid)
+                _kill(w.pid, signal.SIGKILL)
+        for e in self.egress.values():
+            if e.proc is None and now >= e.next_start:
+                self._spawn_egress(e)
 
     def serve(self, on_tick=None, tick_s: float = 1.0) -> int:
         """Supervise until stopped. on_tick(sup) is called about every tick_s (live counters)."""
+        self._serving = True
         next_tick = time.monotonic() + tick_s
-        while "stop" not in self._flags:
-            # Sleep until the next tick or respawn; signals (SIGCHLD, SIGHUP, SIGTERM) wake us
-            # through the wake pipe at once. An idle supervisor costs next to no CPU.
-            wake_at = min([next_tick] + [s.next_start for s in self.slots if s.pid == 0])
-            timeout = max(0.0, min(1.0, wake_at - time.monotonic()))
-            try:
-                select.select([self._wake_r], [], [], timeout)
-            except InterruptedError:
-                pass
-            try:
-                os.read(self._wake_r, 4096) if _readable(self._wake_r) else None
-            except BlockingIOError:
-                pass
-            flags, self._flags = self._flags, set()
-            if "stop" in flags:
-                self._flags.add("stop")
-            if "reload" in flags:
-                self.request_reload()
-            self._reap()
-            now = time.monotonic()
-            for s in self.slots:
-                if s.pid == 0 and now >= s.next_start:
-                    self._spawn(s)
-                elif s.pid and now - s.started > 5 and \
-                        (time.monotonic_ns() - int(self.counters.row(s.index)[C.H_HEARTBEAT])) \
-                        > 10e9:
-                    log.error("worker %d (pid %d) stuck for 10 s: killing it", s.index, s.pid)
-                    _kill(s.pid, signal.SIGKILL)
-            if on_tick and now >= next_tick:
-                next_tick = now + tick_s
-                on_tick(self)
+        try:
+            while "stop" not in self._flags:
+                # Sleep until the next tick or respawn; signals (SIGCHLD, SIGHUP, SIGTERM) and
+                # reload requests wake us through the wake pipe at once.
+                wake_at = min([next_tick] + [c.next_start for c in self.workers if c.proc is None]
+                              + [c.next_start for c in self.egress.values() if c.proc is None])
+                timeout = max(0.0, min(1.0, wake_at - time.monotonic()))
+                try:
+                    r, _, _ = select.select([self._wake_r], [], [], timeout)
+                    if r:
+                        os.read(self._wake_r, 4096)
+                except (InterruptedError, BlockingIOError):
+                    pass
+                flags, self._flags = self._flags, set()
+                if "stop" in flags:
+                    self._flags.add("stop")
+                self._reap()
+                self._respawn()
+                if "reload" in flags:
+                    with self._lock:
+                        self._reload(None)
+                if "reload-request" in flags:
+                    self._serve_pending()
+                now = time.monotonic()
+                if on_tick and now >= next_tick:
+                    next_tick = now + tick_s
+                    self.refresh_kernel_counters()
+                    on_tick(self)
+        finally:
+            self._serving = False
+            self._serve_pending()
         return self.shutdown()
 
-    def shutdown(self, timeout: float = 5.0) -> int:
-        """SIGTERM the workers (they drain their sockets), wait, clean up. Returns 0 if all
-        exited cleanly."""
+    def _serve_pending(self) -> None:
+        with self._lock:
+            req, self._pending = self._pending, None
+            if req is not None and not req.done.is_set():
+                req.result = self._reload(req.path)
+                req.done.set()
+
+    def shutdown(self, timeout: float | None = None) -> int:
+        """Stop: workers drain their sockets, what arrived after that is counted, egress
+        processes drain their rings, everything is cleaned up. Returns 0 if every child exited
+        cleanly."""
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for s in self.slots:
-            if s.pid:
-                _kill(s.pid, signal.SIGTERM)
+        drain = self.compiled.config.switch.drain_timeout
+        timeout = drain + 5.0 if timeout is None else timeout
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
         ok = True
         deadline = time.monotonic() + timeout
-        for s in self.slots:
-            while s.pid:
-                try:
-                    pid, status = os.waitpid(s.pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid:
-                    ok &= os.waitstatus_to_exitcode(status) == 0
-                    s.pid = 0
-                    break
-                if time.monotonic() > deadline:
-                    _kill(s.pid, signal.SIGKILL)
-                    ok = False
-                time.sleep(0.02)
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                ok &= w.proc.wait(max(0.1, deadline - time.monotonic())) == 0
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait(5)
+                ok = False
+            w.proc = None
+        # Datagrams that arrived after the workers' drain: counted, not silently lost.
+        row = self.counters.row(self.own_row)
+        for socks in self.listener_socks:
+            for s in socks:
+                row[K.H_DRAIN_LEFT] += _discard(s)
+        self.refresh_kernel_counters()
+        for e in self.egress.values():
+            code = None
+            if e.proc is not None:
+                self._stop_child(e, retire=False, timeout=drain + 10.0)
+                code = 0
+            ok &= code in (0, None)
         if self.admin is not None:
             self.admin.stop()
         for socks in self.listener_socks:
             for sk in socks:
                 sk.close()
-        for f in Path(self.rundir).glob("*"):
-            f.unlink()
-        os.rmdir(self.rundir)
+        R.remove(self.rundir)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         return 0 if ok else 1
 
 
-def _set_rcvbuf(s: socket.socket) -> None:
+# --------------------------------------------------------------------------- socket helpers
+
+def _set_rcvbuf(s: socket.socket, size: int) -> None:
     # A deep receive queue is what absorbs bursts, reloads and worker restarts without loss.
     # SO_RCVBUFFORCE (root / CAP_NET_ADMIN) passes net.core.rmem_max; else we get the cap.
     try:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def _alive(pid: int) -> bool:
+def socket_drops(s: socket.socket) -> int:
+    """The kernel's count of datagrams this socket dropped (sk_drops, via SO_MEMINFO)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0): check its state.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        raw = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
     except OSError:
-        return False
+        return 0
+    return struct.unpack("9I", raw[:36])[SK_MEMINFO_DROPS]
+
+
+def attach_random_spread(s: socket.socket, n: int) -> None:
+    """A classic BPF reuseport program: every datagram goes to socket random() % n of the group
+    (the sockets in bind order: worker i's socket is index i)."""
+    import ctypes
+
+    SKF_AD_OFF, SKF_AD_RANDOM = -0x1000, 56
+    prog = [
+        (0x20, 0, 0, (SKF_AD_OFF + SKF_AD_RANDOM) & 0xFFFFFFFF),   # ld  #random
+        (0x94, 0, 0, n),                                            # mod #n
+        (0x16, 0, 0, 0),                                            # ret a
+    ]
+    code = b"".join(struct.pack("HBBI", *ins) for ins in prog)
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+    s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def _check_not_served(li) -> None:
+    """Refuse a listen address another process already serves: bind a probe socket without
+    SO_REUSEPORT; it fails when any socket holds the address."""
+    probe = socket.socket(li.family, socket.SOCK_DGRAM)
+    try:
+        if li.family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind((li.host, li.port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(exc.errno, f"listener {li.name!r}: {li.host}:{li.port} is already "
+                          "served by another process (another hepfast?). Stop it, change "
+                          "listeners.listen, or start with --allow-shared-port to share the "
+                          "port on purpose") from None
+        raise OSError(exc.errno, f"listener {li.name!r}: cannot bind {li.host}:{li.port}: "
+                      f"{exc.strerror}") from None
+    finally:
+        probe.close()
+
+
+def _discard(s: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            s.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return n
+        except OSError:
+            return n
+        n += 1
+
+
+def _changes(old: Compiled, new: Compiled) -> str:
+    """A short description of what a reload changed, for the log."""
+    parts = []
+    ro, rn = set(old.rule_names), set(new.rule_names)
+    if rn - ro:
+        parts.append("rules added: " + ", ".join(sorted(rn - ro)))
+    if ro - rn:
+        parts.append("rules removed: " + ", ".join(sorted(ro - rn)))
+    do = {d.name: d for d in old.destinations}
+    dn = {d.name: d for d in new.destinations}
+    if set(dn) - set(do):
+        parts.append("destinations added: " + ", ".join(sorted(set(dn) - set(do))))
+    if set(do) - set(dn):
+        parts.append("destinations removed: " + ", ".join(sorted(set(do) - set(dn))))
+    changed = [n for n in set(do) & set(dn) if do[n] != dn[n]]
+    if changed:
+        parts.append("destinations changed: " + ", ".join(sorted(changed)))
+    if old.digest == new.digest:
+        return "no change"
+    return "; ".join(parts) or "rule details changed"
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -372,7 +765,11 @@ def _kill(pid: int, sig: int) -> None:
             raise
 
 
-def _readable(fd: int) -> bool:
-    r, _, _ = select.select([fd], [], [], 0)
-    return bool(r)
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
+
+__all__ = ["Supervisor", "restart_delay", "C"]

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from hepfast.dataplane import counters as C
 from hepfast.wire.chunks import PROTO_TYPES
+from hepfast.constants import DEST_DROPS
 from hepfast.wire.reasons import DROP_NAMES, INVALID_NAMES
 
 # A target whose last send error is younger than this (and newer than its last good send) is down.
@@ -73,7 +74,11 @@ class TargetView:
 
 
 def iter_targets(sup) -> list[TargetView]:
-    """The configured destination targets with their counter slots (current config only)."""
+    """Every target with its counter slot: the switch's target_views() (current targets and
+    those a reload removed, whose counts stay in the totals), else the current config."""
+    if hasattr(sup, "target_views"):
+        return [TargetView(dest, mode, transport, label, slot)
+                for dest, mode, transport, label, slot in sup.target_views()]
     out = []
     for d in sup.compiled.destinations:
         for t in d.targets:
@@ -178,6 +183,8 @@ class HepfastCollector(Collector):
 
     def collect(self):
         sup = self.sup
+        if hasattr(sup, "refresh_kernel_counters"):
+            sup.refresh_kernel_counters()      # the kernel's per-socket drop counts, exact
         snap = Snapshot(sup.counters)
 
         recv = CounterMetricFamily("hepfast_packets_received",
@@ -189,7 +196,8 @@ class HepfastCollector(Collector):
                                     labels=["listener", "reason"])
         ovfl = CounterMetricFamily("hepfast_receive_overflows",
                                    "Datagrams the kernel dropped before hepfast read them "
-                                   "(SO_RXQ_OVFL)", labels=["listener"])
+                                   "(the sockets' own drop counts, SO_MEMINFO)",
+                                   labels=["listener"])
         received, invalid = snap.received(), snap.invalid()
         for li, idx in iter_listeners(sup):
             row = received[idx]
@@ -227,12 +235,63 @@ class HepfastCollector(Collector):
         yield up
 
         drops = CounterMetricFamily("hepfast_packets_dropped",
-                                    "Valid packets not forwarded, by reason", labels=["reason"])
+                                    "Valid packets (or copies, for reasons of a destination) not "
+                                    "forwarded, by reason; destination is empty for reasons that "
+                                    "concern the packet (rule, no_route, sample)",
+                                    labels=["reason", "destination"])
         dropped = snap.dropped()
         for r in range(len(DROP_NAMES)):
-            if r < len(DROP_NAMES) or dropped[r]:
-                drops.add_metric([drop_label(r)], int(dropped[r]))
+            if DROP_NAMES[r] not in DEST_DROPS:
+                drops.add_metric([drop_label(r), ""], int(dropped[r]))
+        dest_slots = getattr(getattr(sup, "slots", None), "destinations", None)
+        if dest_slots is not None:
+            block = snap.total[C.OFF_DEST_DROP:C.OFF_FORWARDED].reshape(C.MAX_DEST_SLOTS, C.N_DROP)
+            for name, slot in dest_slots.slots.items():
+                for reason in DEST_DROPS:
+                    drops.add_metric([reason, name], int(block[slot][DROP_NAMES.index(reason)]))
+        else:                                   # a view without destination slots (tests)
+            for reason in DEST_DROPS:
+                drops.add_metric([reason, ""], int(dropped[DROP_NAMES.index(reason)]))
         yield drops
+
+        queued = CounterMetricFamily("hepfast_packets_queued",
+                                     "Copies workers put into a ring-fed destination's ring "
+                                     "(forwarded counts what its store then accepted)",
+                                     labels=["destination", "target"])
+        for t in iter_targets(sup):
+            if t.transport not in ("udp", "retired"):
+                queued.add_metric([t.destination, t.target], int(snap.total[C.OFF_QUEUED + t.slot]))
+        yield queued
+
+        egress = sup.egress_status() if hasattr(sup, "egress_status") else []
+        ring_used = GaugeMetricFamily("hepfast_ring_used_bytes",
+                                      "Bytes waiting in a ring-fed destination's rings (all "
+                                      "workers)", labels=["destination"])
+        ring_size = GaugeMetricFamily("hepfast_ring_size_bytes",
+                                      "Capacity of a ring-fed destination's rings (all workers)",
+                                      labels=["destination"])
+        eg_up = GaugeMetricFamily("hepfast_egress_up",
+                                  "1 while a ring-fed destination's egress process runs and its "
+                                  "store accepts writes", labels=["destination"])
+        extra: dict[str, GaugeMetricFamily] = {}
+        for e in egress:
+            ring_used.add_metric([e["destination"]], float(e["ring_used_bytes"]))
+            ring_size.add_metric([e["destination"]], float(e["ring_size_bytes"]))
+            eg_up.add_metric([e["destination"]], 1.0 if e["alive"] and e["up"] else 0.0)
+            for key, value in e.get("metrics", {}).items():
+                if key == "up":
+                    continue
+                name = f"hepfast_egress_{key}"
+                fam = extra.get(name)
+                if fam is None:
+                    fam = extra[name] = GaugeMetricFamily(
+                        name, f"Egress store metric {key} (see docs/metrics.md)",
+                        labels=["destination"])
+                fam.add_metric([e["destination"]], float(value))
+        yield ring_used
+        yield ring_size
+        yield eg_up
+        yield from extra.values()
 
         reloads = CounterMetricFamily("hepfast_config_reloads", "Configuration reloads by result",
                                       labels=["result"])
@@ -257,7 +316,12 @@ class HepfastCollector(Collector):
                                   labels=["worker"])
         rss = GaugeMetricFamily("hepfast_worker_resident_memory_bytes",
                                 "Resident memory of each running worker process", labels=["worker"])
+        wdg = CounterMetricFamily("hepfast_worker_datagrams",
+                                  "Datagrams each worker read (how evenly switch.spread spreads)",
+                                  labels=["worker"])
         for w in workers:
+            if "datagrams" in w:
+                wdg.add_metric([str(w["index"])], int(w["datagrams"]))
             if not w.get("alive"):
                 continue
             label = [str(w["index"])]
@@ -269,6 +333,15 @@ class HepfastCollector(Collector):
         yield hb
         yield cpu
         yield rss
+        yield wdg
+        granted = getattr(sup, "granted", {})
+        rcv = GaugeMetricFamily("hepfast_socket_receive_buffer_bytes",
+                                "Receive buffer the kernel granted each listening socket "
+                                "(switch.rcvbuf asked; the kernel reports twice the usable size)",
+                                labels=["listener"])
+        for name, g in granted.items():
+            rcv.add_metric([name], float(g.get("rcvbuf_granted", 0)))
+        yield rcv
 
 
 def build_registry(sup) -> CollectorRegistry:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import msgspec
 import numpy as np
 
+from hepfast import constants as K
 from hepfast.config import (
     MATCH_KEYS,
     Config,
@@ -50,11 +51,14 @@ from hepfast.plan.tables import (
     hash_str,
     sample_threshold,
 )
+from hepfast.config import validate as _validate
 from hepfast.wire import chunks
 
 # Transports the switch implements today; the schema accepts more (hepfast/config/).
-SUPPORTED_LISTENER_TRANSPORTS = ("udp",)
-SUPPORTED_DESTINATION_TRANSPORTS = ("udp",)
+SUPPORTED_LISTENER_TRANSPORTS = _validate.IMPLEMENTED_LISTENER_TRANSPORTS
+SUPPORTED_DESTINATION_TRANSPORTS = _validate.IMPLEMENTED_DESTINATION_TRANSPORTS
+# Destinations the worker feeds through a shared-memory ring read by an egress process.
+RING_TRANSPORTS = ("file",)
 _generation = itertools.count(1)
 
 assert KEY_NAMES == MATCH_KEYS, "match key order drifted from hepfast.config.Match"
@@ -76,6 +80,11 @@ class DestInfo(NamedTuple):
     targets: tuple[Target, ...]
     path: str | None
     dsn: str | None
+    egress: str = "udp"             # constants.EGRESS_NAMES: "udp" (worker sendmmsg) or "ring"
+    auth_key: bytes = b""           # replace the auth-key chunk on this destination's copies
+    strip_auth_key: bool = False    # remove it
+    ring_bytes: int = 0             # ring-fed: bytes of each worker's ring
+    settings: tuple = ()            # ring-fed: (key, value) pairs for the egress kind
 
 
 class ListenerInfo(NamedTuple):
@@ -147,22 +156,54 @@ def _resolve(host: str, port: int, path: str, kind: int) -> tuple[str, int]:
 
 # ---------------------------------------------------------------- compiling
 
-def compile_config(cfg: Config) -> Compiled:
-    """Compile a validated Config. Raises ConfigError for what validation cannot know: transports
-    the switch does not implement yet, and host names that do not resolve."""
-    for i, lst in enumerate(cfg.listeners):
-        if lst.transport not in SUPPORTED_LISTENER_TRANSPORTS:
-            raise ConfigError(f"listeners[{i}].transport",
-                              f"transport {lst.transport} is not supported yet (this version "
-                              f"listens on: {', '.join(SUPPORTED_LISTENER_TRANSPORTS)})")
-    for name, d in cfg.destinations.items():
-        if d.transport not in SUPPORTED_DESTINATION_TRANSPORTS:
-            raise ConfigError(f"destinations.{name}.transport",
-                              f"transport {d.transport} is not supported yet (this version sends "
-                              f"with: {', '.join(SUPPORTED_DESTINATION_TRANSPORTS)})")
+def check_limits(cfg: Config) -> None:
+    """Every fixed capacity of the data plane, checked where the operator sees it (check, run,
+    reload), naming the field and the limit."""
+    def over(path: str, what: str, limit: int) -> ConfigError:
+        return ConfigError(path, f"too many {what}: this version supports at most {limit}")
 
+    if len(cfg.listeners) > K.MAX_LISTENERS:
+        raise over(f"listeners[{K.MAX_LISTENERS}]", "listeners", K.MAX_LISTENERS)
+    if len(cfg.rules) > K.MAX_RULES:
+        raise over(f"rules[{K.MAX_RULES}]", "rules", K.MAX_RULES)
+    if len(cfg.destinations) > K.MAX_DESTINATIONS:
+        name = list(cfg.destinations)[K.MAX_DESTINATIONS]
+        raise over(f"destinations.{name}", "destinations", K.MAX_DESTINATIONS)
+    ntargets = 0
+    nring = 0
+    for name, d in cfg.destinations.items():
+        for j, _t in enumerate(d.targets):
+            ntargets += 1
+            if ntargets > K.MAX_TARGETS:
+                raise over(f"destinations.{name}.targets[{j}]", "targets (all destinations)",
+                           K.MAX_TARGETS)
+        if d.transport in RING_TRANSPORTS:
+            nring += 1
+            if nring > K.MAX_EGRESS:
+                raise over(f"destinations.{name}", "ring-fed destinations", K.MAX_EGRESS)
+        if len(d.auth_key.encode()) > 1024:
+            raise ConfigError(f"destinations.{name}.auth_key", "longer than 1024 bytes")
+    for i, lst in enumerate(cfg.listeners):
+        if len(lst.auth_key.encode()) > 1024:
+            raise ConfigError(f"listeners[{i}].auth_key", "longer than 1024 bytes")
+    for r, rule in enumerate(cfg.rules):
+        enc = b"".join(chunks.set_chunk(n, v) for n, v in rule.set.items())
+        if len(enc) > K.MAX_SET_BYTES:
+            raise ConfigError(f"rules[{r}].set", f"the chunks it sets take {len(enc)} bytes; "
+                                                 f"at most {K.MAX_SET_BYTES}")
+        nkeys = sum(len(chunks.chunk_keys(n)) for n in list(rule.set) + list(rule.delete))
+        if nkeys > K.MAX_SKIP:
+            raise ConfigError(f"rules[{r}].delete", f"sets and deletes {nkeys} chunk keys; "
+                                                    f"at most {K.MAX_SKIP}")
+
+
+def compile_config(cfg: Config) -> Compiled:
+    """Compile a validated Config. Raises ConfigError for what validation cannot know: limits of
+    the data plane, and host names that do not resolve."""
+    _validate._check_implemented(cfg)
     from hepfast.wire.hashing import target_seed
 
+    check_limits(cfg)
     dests = []
     for name, d in cfg.destinations.items():
         targets = []
@@ -171,8 +212,17 @@ def compile_config(cfg: Config) -> Compiled:
             rhost, fam = _resolve(host, port, f"destinations.{name}.targets[{j}]",
                                   socket.SOCK_DGRAM)
             targets.append(Target(rhost, port, fam, t, target_seed(host, port)))
+        ring = d.transport in RING_TRANSPORTS
+        settings: tuple = ()
+        if ring:
+            # One pseudo-target, the store itself: forwarded{destination, target=path}.
+            targets.append(Target("", 0, 0, d.path or d.dsn or name, 0))
+            settings = (("path", d.path), ("rotate_bytes", d.rotate_bytes),
+                        ("rotate_seconds", d.rotate_seconds), ("keep", d.keep))
         dests.append(DestInfo(name, d.mode, d.hep_version, d.transport, tuple(targets),
-                              d.path, d.dsn))
+                              d.path, d.dsn, "ring" if ring else "udp",
+                              d.auth_key.encode(), d.strip_auth_key,
+                              d.ring_bytes if ring else 0, settings))
     dest_idx = {d.name: i for i, d in enumerate(dests)}
     listeners = []
     for i, lst in enumerate(cfg.listeners):
@@ -312,4 +362,4 @@ def compile_text(text: str, source: str = "<config>") -> Compiled:
     """Parse, validate and compile config text (raises ConfigError naming the field)."""
     from hepfast.config import parse_config
 
-    return compile_config(parse_config(text, source))
+    return compile_config(parse_config(text, source, implemented=True))

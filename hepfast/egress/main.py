@@ -1,0 +1,125 @@
+"""The egress process of one ring-fed destination.
+
+Started by the supervisor as
+`python -m hepfast.egress.main RUNDIR GENERATION DEST_SLOT ROW WORKERS PARENT`: it maps the plan of
+GENERATION (hepfast.plan.format), finds its destination by counter slot, attaches the ring of
+every worker (hepfast.dataplane.rundir ring files) and runs hepfast.egress.process.run_egress
+with the destination's Egress kind (hepfast.egress.base.EGRESS_KINDS).
+
+Counting, in the counter block's row ROW (its own: one writer): what the store accepted goes to
+OFF_FORWARDED of the destination's target slot (the workers counted OFF_QUEUED when the copy
+entered the ring), what it refused to OFF_SEND_ERR and the destination's send_error drop; the
+last success and failure times feed hepfast_destination_up. About once a second it writes
+`egress-<DEST_SLOT>.json` (health, the Egress's own metrics, ring depth) for /status and /metrics.
+
+Like a worker it exits when the supervisor dies; on SIGTERM it drains the rings (bounded by the
+plan's drain_timeout) and closes the store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+from hepfast import constants as K
+from hepfast.dataplane import rundir as R
+from hepfast.dataplane.worker import EXIT_BOOT_ERROR, die_with_parent
+from hepfast.plan.format import read_plan
+
+
+def status_path(rundir: str, dest_slot: int) -> str:
+    return os.path.join(rundir, f"egress-{dest_slot}.json")
+
+
+def make_egress(dest):
+    from hepfast.egress import file as _file  # noqa: F401 - registers the kinds it defines
+    from hepfast.egress.base import EGRESS_KINDS
+
+    kind = EGRESS_KINDS[dest.transport]
+    s = dict(dest.settings)
+    if dest.transport == "file":
+        keep = int(s.get("keep", 0))
+        return kind(dest.name, s["path"], rotate_bytes=int(s["rotate_bytes"]),
+                    rotate_seconds=float(s["rotate_seconds"]), keep=keep or None)
+    return kind(dest.name, **s)
+
+
+def main(argv: list[str]) -> int:
+    rundir, gen, dslot, rowi, nworkers, parent = (argv[0], int(argv[1]), int(argv[2]),
+                                                  int(argv[3]), int(argv[4]), int(argv[5]))
+    die_with_parent(parent)
+    stopping = {"flag": False}
+
+    def on_term(signum, frame):
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        plan = read_plan(R.plan_path(rundir, gen))
+        dest = next(d for d in plan.destinations if d.slot == dslot)
+        tslot = dest.targets[0].slot
+        row = R.map_counters(rundir).row(rowi)
+        from hepfast.egress._ring import Ring
+
+        maps = [R.map_ring(R.ring_path(rundir, dslot, w)) for w in range(nworkers)]
+        rings = [Ring(mm) for _f, mm in maps]
+        egress = make_egress(dest)
+    except Exception as exc:  # noqa: BLE001 - reported, then the boot-error exit code
+        print(f"hepfast egress {dslot}: cannot start: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BOOT_ERROR
+    row[K.H_PID] = os.getpid()
+    row[K.H_GENERATION] = gen
+    row[K.H_STATE] = 1
+    drop_err = K.OFF_DEST_DROP + dest.slot * K.N_DROP + K.DROP["send_error"]
+    last_status = [0.0]
+
+    def write_status(force: bool = False) -> None:
+        now = time.monotonic()
+        row[K.H_HEARTBEAT] = time.monotonic_ns()
+        if not force and now - last_status[0] < 1.0:
+            return
+        last_status[0] = now
+        up, detail = egress.health()
+        doc = {"destination": dest.name, "transport": dest.transport, "up": bool(up),
+               "detail": detail, "metrics": egress.metrics(),
+               "ring_used_bytes": [int(r.used) for r in rings],
+               "ring_size_bytes": [int(r.size) for r in rings]}
+        tmp = status_path(rundir, dslot) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, status_path(rundir, dslot))
+
+    def forwarded(n: int) -> None:
+        row[K.OFF_FORWARDED + tslot] += n
+        row[K.OFF_LAST_OK + tslot] = time.monotonic_ns()
+
+    def failed(n: int) -> None:
+        row[K.OFF_SEND_ERR + tslot] += n
+        row[drop_err] += n
+        row[K.OFF_LAST_ERR + tslot] = time.monotonic_ns()
+
+    def should_stop() -> bool:
+        write_status()
+        return stopping["flag"] or os.getppid() != parent
+
+    from hepfast.egress.process import run_egress
+
+    run_egress(egress, rings, on_forwarded=forwarded, on_error=failed, should_stop=should_stop,
+               drain_deadline_s=plan.drain_timeout + 1.0)
+    write_status(force=True)
+    row[K.H_STATE] = 3
+    return 0
+
+
+if __name__ == "__main__":
+    code = 1
+    try:
+        code = main(sys.argv[1:])
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
