@@ -314,6 +314,7 @@ def _config(admin_lines: str, listener_lines: str = "") -> str:
 def test_token_comes_from_the_running_config_and_rotates(sup, monkeypatch):
     from hepfast.config import parse_config
 
+    monkeypatch.delenv("HEPFAST_ADMIN_TOKEN", raising=False)
     monkeypatch.setenv("HEPFAST_TEST_ADMIN_TOKEN", "from-the-environment-1")
     sup.compiled.config = parse_config(_config('listen = "127.0.0.1:0"\n'
                                                'token_env = "HEPFAST_TEST_ADMIN_TOKEN"'))
@@ -500,9 +501,10 @@ def test_keep_alive_serves_several_requests(guarded):
 
 # ------------------------------------------------------------------------------ secrets
 
-def test_secrets_masked_in_reload_answer_status_and_log(sup, tmp_path, caplog):
+def test_secrets_masked_in_reload_answer_status_and_log(sup, tmp_path, caplog, monkeypatch):
     from hepfast.config import parse_config
 
+    monkeypatch.delenv("HEPFAST_ADMIN_TOKEN", raising=False)
     cfg = tmp_path / "hepfast.toml"
     text = _config('listen = "127.0.0.1:0"\ntoken = "admin-token-0042"',
                    'auth_key = "agent-key-7731"')
@@ -606,6 +608,7 @@ def test_admin_config_refused_naming_the_field(admin_lines, path, words, monkeyp
     from hepfast.config import ConfigError, parse_config
 
     monkeypatch.delenv("HEPFAST_TEST_UNSET_VAR", raising=False)
+    monkeypatch.delenv("HEPFAST_ADMIN_TOKEN", raising=False)
     with pytest.raises(ConfigError) as ei:
         parse_config(_config(admin_lines))
     assert str(ei.value).startswith(f"{path}: ")
@@ -617,12 +620,19 @@ def test_admin_config_accepted(monkeypatch):
     from hepfast.config import parse_config
     from hepfast.config.validate import admin_token
 
+    monkeypatch.delenv("HEPFAST_ADMIN_TOKEN", raising=False)
     monkeypatch.setenv("HEPFAST_TEST_TOKEN_VAR", "env-token-1")
     cfg = parse_config(_config('listen = "0.0.0.0:9096"\ntoken_env = "HEPFAST_TEST_TOKEN_VAR"'))
     assert admin_token(cfg.admin) == "env-token-1"
     cfg = parse_config(_config('listen = "[::]:9096"\ntoken = "file-token-2"'))
     assert admin_token(cfg.admin) == "file-token-2"
     assert admin_token(parse_config(_config('listen = "localhost:9096"')).admin) == ""
+    # HEPFAST_ADMIN_TOKEN replaces admin.token (hepfast.config.env), before overrides or after
+    monkeypatch.setenv("HEPFAST_ADMIN_TOKEN", "deploy-token-3")
+    cfg = parse_config(_config('listen = "0.0.0.0:9096"'))
+    assert admin_token(cfg.admin) == "deploy-token-3"
+    cfg = parse_config(_config('listen = "0.0.0.0:9096"\ntoken = "file-token-2"'))
+    assert admin_token(cfg.admin) == "deploy-token-3"
 
 
 def test_non_loopback_without_token_refuses_to_start(sup):

@@ -181,13 +181,13 @@ def is_loopback(host: str) -> bool:
 
 
 def admin_token(admin, environ=None) -> str:
-    """The admin API's bearer token: `admin.token` (where hepfast.config.env puts
-    HEPFAST_ADMIN_TOKEN), else the environment variable `admin.token_env` names; "" for none."""
-    if admin.token:
-        return admin.token
-    if admin.token_env:
-        return (os.environ if environ is None else environ).get(admin.token_env, "")
-    return ""
+    """The admin API's bearer token ("" for none): $HEPFAST_ADMIN_TOKEN when set and not empty
+    (it replaces admin.token, as hepfast.config.env does, so the answer is the same before and
+    after the overrides are applied), else `admin.token`, else the variable `admin.token_env`
+    names."""
+    env = os.environ if environ is None else environ
+    return env.get("HEPFAST_ADMIN_TOKEN") or admin.token or (
+        env.get(admin.token_env, "") if admin.token_env else "")
 
 
 def _validate_admin(cfg: Config) -> None:
@@ -198,7 +198,7 @@ def _validate_admin(cfg: Config) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", a.token_env):
             raise ConfigError("admin.token_env", f"{a.token_env!r} is not an environment "
                                                  f"variable name (letters, digits, _)")
-        if not a.token and not os.environ.get(a.token_env):
+        if not admin_token(a):
             raise ConfigError("admin.token_env", f"the environment variable {a.token_env} is "
                                                  f"not set or empty: export it, or remove "
                                                  f"admin.token_env")

@@ -70,7 +70,7 @@ def dsn_password(dsn: str) -> str:
 
 
 def secrets_of(cfg, environ=None) -> list[str]:
-    """Every secret value in a Config / Struct / parsed TOML dict (and the admin token's variable)."""
+    """Every secret value in a Config, Struct or parsed TOML dict (and token_env's value)."""
     env = os.environ if environ is None else environ
     found: list[str] = []
 
