@@ -85,21 +85,29 @@ def main(args) -> int:
         setup_logging(json=args.log_json, level=logging.INFO)
     except ImportError:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from hepfast.cli import config_error_line
+    from hepfast.config.env import config_path
+    from hepfast.observe import sdnotify
+    from hepfast.observe.log import say
+
+    args.config = config_path(args.config)          # -c, else $HEPFAST_CONFIG, else bundled
     try:
         sup = Supervisor(args.config, workers=args.workers, admin=not args.no_admin,
                          allow_shared_port=args.allow_shared_port)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print("fix the config (`hepfast check -c FILE` shows the same error) and start again",
-              file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: cannot read the config: {exc}", file=sys.stderr)
+    except (ConfigError, OSError) as exc:
+        from hepfast.cli import resolve_config
+
+        path = resolve_config(args.config)[0]
+        if isinstance(exc, OSError):
+            exc = ConfigError("", f"cannot read: {exc.strerror or exc}")
+        say(config_error_line(path, exc), level="error", config=path)
+        say(f"fix the config (`hepfast check -c {path}` shows the same error) and start again",
+            level="error")
         return 2
     try:
         sup.start()
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", level="error")
         sup.shutdown()
         return 1
     # Ready means every worker has bound its tables: only then do we say "running".
@@ -108,20 +116,29 @@ def main(args) -> int:
         time.sleep(0.01)
     ok, why = sup.healthy()
     if not ok:
-        print(f"warning: not all workers are up yet ({why})", file=sys.stderr, flush=True)
+        say(f"warning: not all workers are up yet ({why})", level="warning")
     for name, host, port in sup.bound:
-        print(f"listening {name} udp {host}:{port}", file=sys.stderr, flush=True)
+        say(f"listening {name} udp {host}:{port}", listener=name, host=host, port=port)
     if sup.admin is not None:
-        print(f"admin http://{_fmt(sup.compiled.admin_listen[0])}:{getattr(sup.admin, 'port', '')}"
-              "/metrics", file=sys.stderr, flush=True)
-    print(f"hepfast running: {sup.nworkers} workers, config {sup.config_path} "
-          f"(SIGHUP reloads, SIGTERM stops)", file=sys.stderr, flush=True)
+        say(f"admin http://{_fmt(sup.compiled.admin_listen[0])}:{getattr(sup.admin, 'port', '')}"
+            "/metrics")
+    say(f"hepfast running: {sup.nworkers} workers, config {sup.config_path} "
+        f"(SIGHUP reloads, SIGTERM stops)", workers=sup.nworkers, config=str(sup.config_path))
+
     sup.install_signals()
+    # systemd (Type=notify): ready once every worker is up (here or at a later tick), and only
+    # once the signal handlers are in place, since systemd may signal right after READY=1.
+    ready = [ok]
+    if ok:
+        sdnotify.ready(f"running, {sup.nworkers} workers")
     deadline = time.monotonic() + args.duration if args.duration else None
-    live = sys.stderr.isatty() and not args.quiet
+    live = sys.stderr.isatty() and not args.quiet and not args.log_json
     prev = {"t": time.monotonic(), "rx": 0, "fwd": 0}
 
     def tick(s) -> None:
+        if not ready[0] and s.healthy()[0]:
+            ready[0] = True
+            sdnotify.ready(f"running, {s.nworkers} workers")
         if deadline and time.monotonic() >= deadline:
             s.stop()
         if not live:
@@ -137,6 +154,7 @@ def main(args) -> int:
         prev.update(t=now, rx=rx, fwd=fwd)
 
     code = sup.serve(on_tick=tick, tick_s=0.5 if args.duration else 1.0)
+    sdnotify.stopping()
     if live:
         sys.stderr.write("\n")
     print(json.dumps(summary(sup), separators=(",", ":")), flush=True)
