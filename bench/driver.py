@@ -92,8 +92,8 @@ def hepfast(*args: str, core: int, **kw) -> subprocess.Popen:
 
 
 def start_sink(port: int) -> subprocess.Popen:
-    p = hepfast("sink", "--listen", f"127.0.0.1:{port}", "--quiet", "--timeout", "3600", core=1,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = hepfast("sink", "--listen", f"127.0.0.1:{port}", "--quiet", "--stamped", "--timeout",
+                "3600", core=1, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stderr.readline()                                      # "listening on ..."
     return p
 

@@ -40,7 +40,7 @@ def replay(*args: str, timeout: float = 60) -> dict:
 
 
 def replay_into_sink(*sources: str, expect: int, extra=(), keep=True) -> tuple[dict, Sink]:
-    sink = Sink("127.0.0.1:0", keep=keep).start(timeout=60)
+    sink = Sink("127.0.0.1:0", keep=keep, latency="--stamp" in extra).start(timeout=60)
     try:
         summary = replay(*sources, "--to", f"127.0.0.1:{sink.port}", "--rate", "20000", *extra)
         if keep:
@@ -360,7 +360,7 @@ def test_speed_and_stamp_across_loops():
     from hepfast.tools import replay as rp
 
     n = len(rp.load(["synthetic:calls=1,rtcp=2,log=1"]))
-    sink = Sink("127.0.0.1:0", keep=True).start(timeout=60)
+    sink = Sink("127.0.0.1:0", keep=True, latency=True).start(timeout=60)
     try:
         summary = replay("synthetic:calls=1,rtcp=2,log=1", "--to", f"127.0.0.1:{sink.port}",
                          "--loop", "3", "--speed", "50", "--stamp")
@@ -374,3 +374,34 @@ def test_speed_and_stamp_across_loops():
     assert len({_call_id(p) for p in got}) == 3
     lat = sink.summary()["latency_us"]
     assert lat is not None and lat["samples"] == 3 * n
+
+
+def test_summary_bytes_of_one_pass_and_bytes_sent(tmp_path):
+    """`bytes_per_pass` is the packet set as loaded; `bytes_sent` what went out: loop 0 byte for
+    byte, later loops with their marked (longer) Call-IDs, checked against what a sink got."""
+    from hepfast.tools import replay as rp
+
+    pkts = rp.load(["synthetic:calls=2,rtcp=1,log=1"])
+    one_pass = sum(len(p.data) for p in pkts)
+    summary, sink = replay_into_sink("synthetic:calls=2,rtcp=1,log=1", expect=3 * len(pkts),
+                                     extra=("--loop", "3"))
+    assert summary["sent"] == 3 * len(pkts) == len(sink.packets)
+    assert summary["bytes_per_pass"] == one_pass
+    assert "bytes" not in summary
+    assert summary["bytes_sent"] == sum(len(p) for p in sink.packets)
+    assert summary["bytes_sent"] > 3 * one_pass          # the loop marks make loops 1.. longer
+    # split over processes and cut mid-loop, the share arithmetic still adds up
+    summary, sink = replay_into_sink("synthetic:calls=2,rtcp=1,log=1", expect=len(pkts) * 2 + 3,
+                                     extra=("--count", str(len(pkts) * 2 + 3),
+                                            "--processes", "2"))
+    assert summary["sent"] == len(sink.packets) == len(pkts) * 2 + 3
+    assert summary["bytes_sent"] == sum(len(p) for p in sink.packets)
+
+
+def test_summary_is_compact_json():
+    need_corpus()
+    proc = subprocess.run([sys.executable, "-m", "hepfast", "replay",
+                           str(CORPUS / "rtpengine-rtcp-hep.hepraw"), "--to", "127.0.0.1:9",
+                           "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    line = proc.stdout.strip().splitlines()[-1]
+    assert ", " not in line and json.loads(line)["bytes_per_pass"] > 0

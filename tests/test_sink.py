@@ -57,7 +57,7 @@ def test_in_process_sink_counts_and_keeps_bytes():
     from hepfast.tools.sink import Sink
 
     pkts = [packet(1, 2001), packet(1, 2001), packet(5, 2002), packet(100, 2001), b"garbage!"]
-    with Sink("127.0.0.1:0").start(timeout=20) as sink:
+    with Sink("127.0.0.1:0", latency=True).start(timeout=20) as sink:
         send_all(sink.port, pkts)
         assert sink.wait_for(len(pkts), timeout=10)
         assert sink.packets == pkts
@@ -75,7 +75,7 @@ def test_latency_from_fresh_timestamps():
 
     now = time.time() - 0.004               # stamped 4 ms ago
     ts = (int(now), int((now % 1) * 1e6))
-    with Sink("127.0.0.1:0").start(timeout=20) as sink:
+    with Sink("127.0.0.1:0", latency=True).start(timeout=20) as sink:
         send_all(sink.port, [packet(ts=ts) for _ in range(10)])
         assert sink.wait_for(10, timeout=10)
         lat = sink.summary()["latency_us"]
@@ -134,3 +134,68 @@ def test_cli_sink_bad_listen():
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "HOST:PORT" in proc.stderr
+
+
+def test_no_latency_unless_the_traffic_is_stamped():
+    """A fresh capture time (a live agent, synthetic calls) is not a send time: without
+    latency=True (`--stamped`) there is no latency in the summary at all."""
+    from hepfast.tools.sink import Sink
+
+    now = time.time() - 0.004
+    ts = (int(now), int((now % 1) * 1e6))
+    with Sink("127.0.0.1:0").start(timeout=20) as sink:
+        send_all(sink.port, [packet(ts=ts) for _ in range(10)])
+        assert sink.wait_for(10, timeout=10)
+        s = sink.summary()
+    assert s["received"] == 10 and "latency_us" not in s
+
+
+@pytest.mark.parametrize("stamped", [False, True])
+def test_cli_latency_only_with_stamped(stamped):
+    extra = ["--idle", "1", "--quiet"] + (["--stamped"] if stamped else [])
+    proc, port = _start_cli(*extra)
+    try:
+        now = time.time() - 0.002
+        send_all(port, [packet(ts=(int(now), int((now % 1) * 1e6))) for _ in range(5)])
+        out, _err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    line = out.strip().splitlines()[-1]
+    assert ", " not in line                     # compact, like decode
+    summary = json.loads(line)
+    assert summary["received"] == 5
+    if stamped:
+        assert summary["latency_us"]["samples"] == 5
+    else:
+        assert "latency_us" not in summary
+
+
+def test_cli_jsonl_records_are_decode_records(tmp_path):
+    """--jsonl writes the objects `hepfast decode` writes for the same bytes (index = arrival)."""
+    from hepfast.tools import capture
+
+    pkts = [packet(1, 2001, payload=b"INVITE sip:a@b SIP/2.0\r\nCall-ID: j1\r\n\r\n"),
+            packet(100, 2001, payload=b"log"), b"garbage!", packet(5, 2002, payload=b"{}")]
+    jl = tmp_path / "out.jsonl"
+    proc, port = _start_cli("--idle", "1", "--jsonl", str(jl), "--quiet")
+    try:
+        send_all(port, pkts)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    lines = jl.read_text().splitlines()
+    assert all(", " not in ln for ln in lines)
+    got = [json.loads(ln) for ln in lines]
+    assert got[2] == {"index": 2, "invalid": "magic", "length": len(b"garbage!")}
+    raw = tmp_path / "same.hepraw"
+    capture.write_hepraw(raw, [p for p in pkts if p != b"garbage!"])
+    dec = subprocess.run([sys.executable, "-m", "hepfast", "decode", str(raw)], cwd=REPO,
+                         capture_output=True, text=True, timeout=30)
+    assert dec.returncode == 0, dec.stderr
+    decoded = [json.loads(ln) for ln in dec.stdout.splitlines()]
+    for d in decoded:
+        d.pop("index")                                  # decode numbers the file's records
+    assert [{k: v for k, v in g.items() if k != "index"} for g in got if "invalid" not in g] \
+        == decoded
+    assert [g["index"] for g in got] == [0, 1, 2, 3]
+    assert got[0]["sip_call_id"] == "j1" and got[0]["proto_type_name"] == "sip"

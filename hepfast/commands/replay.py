@@ -88,6 +88,7 @@ def main(args) -> int:
         sys.stderr.flush()
 
     nproc = args.processes
+    shares = [(0, g1)]
     base = dict(to=to, transport=args.transport, speed=args.speed, duration=args.duration,
                 batch=args.batch, stamp=args.stamp, rate=args.rate / nproc)
     try:
@@ -108,9 +109,14 @@ def main(args) -> int:
         if live:
             sys.stderr.write("\n")
     secs = max(res["seconds"], 1e-9)
+    # Each process sent the first `sent` positions of its share (exact unless some failed:
+    # errors and skipped packets are counted by number only).
+    sent_by = res.get("per_process", [res["sent"]])
+    bytes_sent = sum(pset.bytes_between(a, a + k) for (a, _b), k in zip(shares, sent_by, strict=True))
     summary = {"sent": res["sent"], "seconds": round(secs, 6), "pps": round(res["sent"] / secs, 1),
                "errors": res["errors"], "skipped": res["skipped"], "packets": n,
-               "bytes": pset.nbytes, "processes": nproc, "transport": args.transport,
+               "bytes_per_pass": pset.nbytes, "bytes_sent": bytes_sent,
+               "processes": nproc, "transport": args.transport,
                "build_seconds": round(build_s, 3)}
     if args.rate:
         # Accuracy over the whole run: sent / elapsed against the requested --rate.
@@ -119,5 +125,5 @@ def main(args) -> int:
     for k in ("broken", "per_process", "failed_processes"):
         if k in res:
             summary[k] = res[k]
-    print(json.dumps(summary), flush=True)
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
     return 1 if ("broken" in res or res.get("failed_processes")) else 0

@@ -1,4 +1,8 @@
-"""`hepfast sink`: receive HEP over UDP, count it, optionally write it out; a JSON summary at the end."""
+"""`hepfast sink`: receive HEP over UDP, count it, optionally write it out; a JSON summary at the end.
+
+The summary and the --jsonl lines are compact JSON like `hepfast decode`'s (the lines are the same
+objects decode writes, `index` being the arrival order). Latency only with --stamped.
+"""
 from __future__ import annotations
 
 HELP = "receive HEP over UDP (tests, demos, benchmarks): counts, loss, latency, JSON lines"
@@ -16,6 +20,10 @@ def add_arguments(p) -> None:
     p.add_argument("--expect", type=int, metavar="N", help="report `lost` against N packets")
     p.add_argument("--rcvbuf", type=int, default=8 << 20, metavar="BYTES",
                    help="socket receive buffer (default 8 MiB)")
+    p.add_argument("--stamped", action="store_true",
+                   help="the traffic comes from `hepfast replay --stamp` (its HEP timestamp is the "
+                        "send time): report latency_us. Without it no latency is reported, since "
+                        "a capture time is not a send time")
     p.add_argument("--quiet", action="store_true", help="no live counters on a terminal")
 
 
@@ -40,7 +48,8 @@ def main(args) -> int:
             jsonl = open(args.jsonl, "w")
         if args.raw:
             raw = open(args.raw, "wb")
-        sink = Sink((host, port), keep=False, jsonl=jsonl, raw=raw, rcvbuf=args.rcvbuf)
+        sink = Sink((host, port), keep=False, jsonl=jsonl, raw=raw, rcvbuf=args.rcvbuf,
+                    latency=args.stamped)
     except OSError as exc:
         print(f"hepfast sink: cannot listen on {args.listen}: {exc.strerror or exc}"
               " (is the port taken? try another or port 0)", file=sys.stderr)
@@ -66,5 +75,5 @@ def main(args) -> int:
                 f.close()
     summary = sink.summary(args.expect)
     summary["stopped"] = why
-    print(json.dumps(summary), file=out, flush=True)
+    print(json.dumps(summary, separators=(",", ":")), file=out, flush=True)
     return 0

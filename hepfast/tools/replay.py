@@ -282,7 +282,20 @@ class PacketSet:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of one pass over the packet set (loop 0, the packets as loaded)."""
         return int(self.offsets[-1])
+
+    def bytes_between(self, g0: int, g1: int) -> int:
+        """Bytes of the packets at global positions [g0, g1): loop 0 from the base buffer,
+        later loops from the template, whose marked Call-IDs make them a little longer."""
+        return self._bytes_before(g1) - self._bytes_before(g0)
+
+    def _bytes_before(self, g: int) -> int:
+        loops, i = divmod(max(0, g), self.n)
+        if loops == 0:
+            return int(self.offsets[i])
+        t = self.toffsets if self.toffsets is not None else self.offsets
+        return self.nbytes + (loops - 1) * int(t[-1]) + int(t[i])
 
     def mark_index(self) -> tuple[np.ndarray, np.ndarray]:
         """(mark_pos, mark_start): the first digit of every loop mark in the template buffer,

@@ -6,9 +6,14 @@ One UDP socket with a large receive buffer. Two receive paths share one set of c
 - the Python path (`recv_into` in a tight loop) when the packets are kept (`Sink.packets`, for
   tests), written as JSON lines, or written raw as .hepraw (4-byte big-endian length + bytes).
 
-Latency is arrival time (CLOCK_REALTIME) minus the HEP timestamp, counted only for packets whose
-timestamp lies within 10 s of their arrival: that is `hepfast replay --stamp` traffic; replayed
-captures keep their original (old) timestamps and are left out.
+Latency is arrival time (CLOCK_REALTIME) minus the HEP timestamp, measured only when asked
+(`latency=True`, `hepfast sink --stamped`): the HEP timestamp is a send time only in
+`hepfast replay --stamp` traffic. Everything else carries a capture time (an agent's, or the
+synthetic calls' schedule), and a difference with it is not a latency. Even then only packets
+stamped within 10 s of their arrival count.
+
+JSON lines (`jsonl=`) are the objects `hepfast decode` writes (HepPacket.to_record, compact), the
+index being the arrival order; a datagram that does not parse is `{"index", "invalid", "length"}`.
 
 `Sink` runs in-process (in a thread) for tests: `Sink("127.0.0.1:0").start()`, `.port`,
 `.packets`, `.wait_for(n, timeout)`, `.close()`.
@@ -24,6 +29,7 @@ import time
 from typing import IO
 
 RCVBUF = 8 << 20
+LATENCY_WINDOW_S = 10.0
 
 
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -75,7 +81,7 @@ class Sink:
 
     def __init__(self, listen: str | tuple[str, int] = "127.0.0.1:0", *, keep: bool = True,
                  jsonl: IO[str] | None = None, raw: IO[bytes] | None = None,
-                 rcvbuf: int = RCVBUF, batch: int = 64):
+                 rcvbuf: int = RCVBUF, batch: int = 64, latency: bool = False):
         from hepfast.tools._receiver import Receiver
 
         host, port = parse_hostport(listen) if isinstance(listen, str) else listen
@@ -84,7 +90,10 @@ class Sink:
         self.keep = keep
         self.jsonl = jsonl
         self.raw = raw
-        self.receiver = Receiver(batch)
+        self.latency = latency
+        # A zero window counts no latency sample at all.
+        self.receiver = Receiver(batch, LATENCY_WINDOW_S if latency else 0.0)
+        self._index = 0
         self.packets: list[bytes] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -156,7 +165,9 @@ class Sink:
                 self.raw.write(struct.pack(">I", n))
                 self.raw.write(data)
             if self.jsonl is not None:
-                self.jsonl.write(json.dumps(_decode_dict(data)) + "\n")
+                self.jsonl.write(json.dumps(_decode_dict(data, self._index),
+                                            separators=(",", ":")) + "\n")
+            self._index += 1
             if self.keep:
                 with self._cond:
                     self.packets.append(data)
@@ -233,6 +244,8 @@ class Sink:
             out["lost"] = max(0, expect - received)
             out["extra"] = max(0, received - expect)
         samples = tot[3]
+        if not self.latency:
+            return out              # no send time in the packets: no latency to report
         if samples:
             out["latency_us"] = {
                 "samples": samples,
@@ -245,14 +258,15 @@ class Sink:
         return out
 
 
-def _decode_dict(data: bytes) -> dict:
+def _decode_dict(data: bytes, index: int | None = None) -> dict:
     from hepfast.wire import codec
 
     try:
         pkt = codec.decode(data)
     except codec.HepError as exc:
-        return {"invalid": exc.name, "len": len(data)}
-    return pkt.to_dict()
+        return {**({} if index is None else {"index": index}), "invalid": exc.name,
+                "length": len(data)}
+    return pkt.to_record(index)
 
 
 def progress_line(sink: Sink) -> None:

@@ -113,7 +113,7 @@ class HepPacket:
         return self.correlation_id_raw or None
 
     def to_dict(self) -> dict:
-        """The JSON object of `hepfast decode` (absent chunks are None)."""
+        """The keys of design.md section 3 (absent chunks are None), plus the SIP summary."""
         d = {k: getattr(self, k) for k in DECODE_KEYS if k != "payload_len"}
         d["payload_len"] = len(self.payload)
         if self.proto_type == 1 and self.payload and not self.compressed:
@@ -121,3 +121,43 @@ class HepPacket:
 
             d.update(sip_summary(self.payload))
         return d
+
+    def to_record(self, index: int | None = None, payload: bool = False) -> dict:
+        """The JSON object `hepfast decode` and `hepfast sink --jsonl` write: to_dict() with the
+        record index first, the HEP length after the version, names next to the numbers
+        (proto_family_name, proto_id_name, proto_type_name: None when unknown) and, with
+        `payload`, the payload as text ("payload", UTF-8) or, when it is not UTF-8 (e.g.
+        compressed), as base64 ("payload_b64")."""
+        from hepfast.wire.chunks import PROTO_IDS, PROTO_TYPES
+
+        d = {} if index is None else {"index": index}
+        for k, v in self.to_dict().items():
+            d[k] = v
+            if k == "version":
+                d["length"] = self.total
+            elif k == "proto_family":
+                d["proto_family_name"] = FAMILY_NAMES.get(self.family) if v is not None else None
+            elif k == "proto_id":
+                d["proto_id_name"] = _name_of(PROTO_IDS, v)
+            elif k == "proto_type":
+                d["proto_type_name"] = _name_of(PROTO_TYPES, v)
+        if payload:
+            try:
+                d["payload"] = self.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                import base64
+
+                d["payload_b64"] = base64.b64encode(self.payload).decode("ascii")
+        return d
+
+
+FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
+
+
+def _name_of(table: dict[str, int], value: int | None) -> str | None:
+    if value is None:
+        return None
+    for name, number in table.items():
+        if number == value:
+            return name
+    return None
