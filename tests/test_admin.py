@@ -736,3 +736,72 @@ def test_install_log_filter_covers_every_logger(restore_root_logging):
     first, second = buf.getvalue().splitlines()
     assert json.loads(first)["msg"] == "reload refused: cannot reach pg ***"
     assert "dsn-pass-77" in second                      # removed: proves the filter did it
+
+
+# ------------------------------------------------------------------------------ with a real switch
+
+def test_token_and_masking_with_a_real_switch(tmp_path, monkeypatch):
+    """`hepfast run` with a token: the supervisor's own config decides, and a refused reload
+    whose file holds a new secret answers with that secret masked."""
+    import sys
+
+    from tests.switchhelp import SwitchProcess
+
+    if sys.platform != "linux":
+        pytest.skip("recvmmsg/sendmmsg: Linux only")
+    monkeypatch.delenv("HEPFAST_ADMIN_TOKEN", raising=False)
+    conf = """
+        [switch]
+        workers = 1
+        [admin]
+        listen = "127.0.0.1:0"
+        token = "run-token-6061"
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        auth_key = "{key}"
+        allow = [{allow}]
+        [destinations.d]
+        targets = ["127.0.0.1:9"]
+        [[rules]]
+        name = "r"
+        forward = ["d"]
+        """
+    sw = SwitchProcess(tmp_path, conf.format(key="agent-key-1", allow=""))
+    try:
+        base = next(ln.split()[1].rsplit("/", 1)[0] for ln in sw.stderr().splitlines()
+                    if ln.startswith("admin http://"))
+
+        def call(path, method="GET", token=None):
+            req = urllib.request.Request(base + path, method=method,
+                                         data=b"" if method == "POST" else None,
+                                         headers=bearer(token) if token else {})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        assert call("/status")[0] == 401
+        assert call("/reload", "POST")[0] == 401
+        assert call("/healthz")[0] == 200
+        code, body = call("/status", token="run-token-6061")
+        assert code == 200 and json.loads(body)["generation"] == 1
+        # a refused file whose error quotes its new key (pasted into the wrong field): the
+        # answer and /status name the field and mask the key
+        sw.cfg.write_text(conf.format(key="new-agent-key-2", allow='"new-agent-key-2"'))
+        code, body = call("/reload", "POST", token="run-token-6061")
+        assert code == 400 and "listeners[0].allow[0]" in body and "***" in body, body
+        code, st = call("/status", token="run-token-6061")
+        assert code == 200 and json.loads(st)["reloads"]["error"] == 1
+        assert "***" in json.loads(st)["reloads"]["last_error"]
+        import time
+        end = time.monotonic() + 10
+        while "reload refused" not in sw.stderr() and time.monotonic() < end:
+            time.sleep(0.05)
+        log = sw.stderr()
+        assert "reload refused" in log and "listeners[0].allow[0]" in log
+        for secret in ("run-token-6061", "agent-key-1", "new-agent-key-2"):
+            assert secret not in body and secret not in st and secret not in log, secret
+    finally:
+        sw.kill()

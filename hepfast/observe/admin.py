@@ -31,9 +31,9 @@ connection and between keep-alive requests; a half-sent request is then dropped.
 64 KiB are refused (413).
 
 Secrets (auth keys, tokens, DSN passwords; hepfast.observe.redact) are masked in every answer
-(reload messages, /status including the last reload error, 500 errors) and in this module's
-log lines, with the secrets of the running config and of the config file as it is now (a
-refused file's secrets included).
+(reload messages, /status including the last reload error, 500 errors) and, while the API
+runs, in every log line of the process (a SecretFilter on the root logger's handlers), with the
+secrets of the running config and of the config file as it is now (a refused file's included).
 
 Rates come from a sampler thread that keeps a counter snapshot every `sample_s` seconds: a rate is
 the difference between the live counters and the newest snapshot at least `sample_s` old, divided
@@ -65,7 +65,14 @@ from hepfast.config.errors import ConfigError
 from hepfast.config.validate import admin_token, is_loopback
 from hepfast.observe.log import RateLimitedLogger
 from hepfast.observe.metrics import Snapshot, build_registry, exposition, target_label
-from hepfast.observe.redact import SecretFilter, mask_secrets, redact, secrets_of
+from hepfast.observe.redact import (
+    SecretFilter,
+    install_log_filter,
+    mask_secrets,
+    redact,
+    remove_log_filter,
+    secrets_of,
+)
 from hepfast.observe.status import Status, build_status  # noqa: F401 - re-exported
 
 log = logging.getLogger("hepfast.observe.admin")
@@ -223,6 +230,7 @@ class AdminServer:
         self._httpd: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._filter = SecretFilter(self.secrets)
+        self._root_filter: SecretFilter | None = None
         self._file_secrets: tuple[tuple, list[str]] = ((), [])
 
     @property
@@ -254,6 +262,9 @@ class AdminServer:
                           f"{target_label(self.host, self._port)}: {exc.strerror} (is another "
                           "hepfast running? change admin.listen)") from None
         log.addFilter(self._filter)
+        # The whole process's log lines too (the supervisor logs refused reloads, which can
+        # quote a value from the file), as long as the API runs.
+        self._root_filter = install_log_filter(self.secrets)
         self.sample()
         t = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                              name="hepfast-admin", daemon=True)
@@ -276,6 +287,9 @@ class AdminServer:
             t.join(timeout=2.0)
         self._threads.clear()
         log.removeFilter(self._filter)
+        if self._root_filter is not None:
+            remove_log_filter(self._root_filter)
+            self._root_filter = None
 
     # -- who may ask, and what they must not see
 
