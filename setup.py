@@ -25,6 +25,22 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if DEBUG:
     macros.append(("HEP_DEBUG", "1"))
 cflags = ["-O2", "-g0" if not DEBUG else "-g"]
+ldflags: list[str] = []
+
+# --- sanitizer and fuzzing builds (make asan, make fuzz: fuzz/sanitize.py, docs/hardening.md) ---
+# HEPFAST_SANITIZE=address,undefined compiles and links with -fsanitize=... (gcc or clang), at -O1
+# with frame pointers, undefined behaviour fatal. HEPFAST_FUZZ=1 (clang only) adds
+# -fsanitize=fuzzer-no-link: the coverage counters libFuzzer (atheris) reads. The runtimes are
+# LD_PRELOADed by whoever runs the result; a normal build sets neither variable.
+_SANITIZE = [s for s in os.environ.get("HEPFAST_SANITIZE", "").split(",") if s]
+if os.environ.get("HEPFAST_FUZZ") == "1":
+    _SANITIZE.append("fuzzer-no-link")
+if _SANITIZE:
+    ldflags = ["-fsanitize=" + ",".join(_SANITIZE)]
+    cflags = ["-O1", "-g", "-fno-omit-frame-pointer"] + ldflags
+    if "undefined" in _SANITIZE:
+        cflags.append("-fno-sanitize-recover=undefined")
+# --- end of sanitizer block -------------------------------------------------------------------
 
 
 def generate_constants() -> None:
@@ -44,7 +60,8 @@ def extensions() -> tuple:
         name = os.path.splitext(os.path.basename(src))[0]
         mods.append(Extension(f"hepfast.{layer}.{name}", [src],
                               include_dirs=include + [numpy.get_include()],
-                              define_macros=macros, extra_compile_args=cflags))
+                              define_macros=macros, extra_compile_args=cflags,
+                              extra_link_args=ldflags))
     return mods, include
 
 
