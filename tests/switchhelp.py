@@ -41,6 +41,8 @@ class SwitchProcess:
         self.summary: dict | None = None
 
     def stderr(self) -> str:
+        if self.errlog.closed:                  # after stop(): the file is still there
+            return Path(self.errlog.name).read_text()
         self.errlog.seek(0)
         return self.errlog.read()
 

@@ -128,6 +128,18 @@ def ring_size(path: str) -> int:
     return os.path.getsize(path) - RING_HEADER
 
 
+def ring_used(path: str) -> tuple[int, int]:
+    """(bytes in flight, data size) of a ring file, read from its header (head at offset 64,
+    tail at 128, size at 8): the supervisor's view, whatever state the egress process is in."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hdr = os.pread(fd, 136, 0)
+    finally:
+        os.close(fd)
+    size, head, tail = (int.from_bytes(hdr[o:o + 8], "little") for o in (8, 64, 128))
+    return max(0, head - tail), size
+
+
 def map_ring(path: str):
     """(file object, writable shared mmap) of a ring file."""
     f = open(path, "r+b")

@@ -507,12 +507,18 @@ class Supervisor:
                     doc = json.load(f)
             except (OSError, ValueError):
                 pass
+            used = size = 0
+            for w in range(self.nworkers):
+                try:
+                    u, z = R.ring_used(R.ring_path(self.rundir, e.dest_slot, w))
+                except OSError:
+                    continue
+                used, size = used + u, size + z
             out.append({"destination": e.dest, "pid": e.pid,
                         "alive": e.proc is not None and e.proc.poll() is None,
                         "up": bool(doc.get("up", False)), "detail": doc.get("detail", ""),
                         "metrics": doc.get("metrics", {}),
-                        "ring_used_bytes": sum(doc.get("ring_used_bytes", [])),
-                        "ring_size_bytes": sum(doc.get("ring_size_bytes", []))})
+                        "ring_used_bytes": used, "ring_size_bytes": size})
         return out
 
     def healthy(self) -> tuple[bool, str]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from hepfast import __version__
 from hepfast.dataplane import counters as C
-from hepfast.wire.reasons import INVALID_NAMES
+from hepfast.wire.reasons import DROP_NAMES, INVALID_NAMES
 from hepfast.observe.metrics import (
     Snapshot,
     drop_label,
@@ -43,6 +43,16 @@ class TargetStatus(msgspec.Struct):
     last_error_age_s: float | None  # None: never failed
 
 
+class EgressStatus(msgspec.Struct):
+    pid: int
+    alive: bool
+    up: bool                        # its store accepts writes
+    detail: str
+    ring_used_bytes: int            # waiting in the rings (all workers)
+    ring_size_bytes: int
+    metrics: dict[str, float]       # the egress kind's own (files written, bytes, ...)
+
+
 class DestinationStatus(msgspec.Struct):
     name: str
     mode: str
@@ -50,6 +60,8 @@ class DestinationStatus(msgspec.Struct):
     packets: int                    # sum over targets
     rate: float
     targets: list[TargetStatus]
+    dropped: dict[str, int] = {}    # copies dropped by reasons of this destination
+    egress: EgressStatus | None = None   # ring-fed destinations
 
 
 class RuleStatus(msgspec.Struct):
@@ -76,6 +88,16 @@ class WorkerStatus(msgspec.Struct):
     alive: bool
     generation: int
     heartbeat_age_s: float
+    datagrams: int = 0              # read by this worker (how switch.spread spreads)
+    copies: int = 0
+    forwarded: int = 0
+
+
+class SocketStatus(msgspec.Struct):
+    listener: str
+    spread: str                     # "packet" or "flow"
+    rcvbuf_asked: int
+    rcvbuf_granted: int             # what the kernel reports (twice the usable size)
 
 
 class Reloads(msgspec.Struct):
@@ -112,6 +134,7 @@ class Status(msgspec.Struct):
     destinations: list[DestinationStatus]
     dropped: dict[str, Counted]     # by reason
     invalid: dict[str, Counted]     # by reason, all listeners
+    sockets: list[SocketStatus] = []
 
 
 # ------------------------------------------------------------------------------ status building
@@ -156,7 +179,24 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
     for d in sup.compiled.destinations:
         dests[d.name] = DestinationStatus(d.name, getattr(d, "mode", ""),
                                           getattr(d, "transport", "udp"), 0, 0.0, [])
+    dest_slots = getattr(getattr(sup, "slots", None), "destinations", None)
+    if dest_slots is not None:
+        block = tot[C.OFF_DEST_DROP:C.OFF_FORWARDED].reshape(C.MAX_DEST_SLOTS, C.N_DROP)
+        for name, ds in dests.items():
+            slot = dest_slots.slots.get(name)
+            if slot is not None:
+                ds.dropped = {DROP_NAMES[r]: int(block[slot][r]) for r in range(len(DROP_NAMES))
+                              if block[slot][r]}
+    for e in (sup.egress_status() if hasattr(sup, "egress_status") else []):
+        ds = dests.get(e["destination"])
+        if ds is not None:
+            ds.egress = EgressStatus(int(e["pid"]), bool(e["alive"]), bool(e["up"]),
+                                     str(e["detail"]), int(e["ring_used_bytes"]),
+                                     int(e["ring_size_bytes"]),
+                                     {k: float(v) for k, v in e["metrics"].items()})
     for t in iter_targets(sup):
+        if t.destination not in dests:          # a target a reload removed: counts kept
+            dests[t.destination] = DestinationStatus(t.destination, "", "retired", 0, 0.0, [])
         ds = dests[t.destination]
         ts = TargetStatus(t.target, snap.forwarded(t.slot), rate(C.OFF_FORWARDED + t.slot),
                           snap.send_errors(t.slot), snap.up(t.slot),
@@ -165,8 +205,13 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
         ds.packets += ts.packets
         ds.rate = round(ds.rate + ts.rate, 3)
 
-    dropped = {drop_label(r): Counted(int(tot[C.OFF_DROP + r]), rate(C.OFF_DROP + r))
-               for r in range(C.N_DROP) if _known_drop(r) or tot[C.OFF_DROP + r]}
+    # Packet-level reasons plus each destination's reasons summed over destinations.
+    dblock = tot[C.OFF_DEST_DROP:C.OFF_FORWARDED].reshape(C.MAX_DEST_SLOTS, C.N_DROP)
+    drates = rates[C.OFF_DEST_DROP:C.OFF_FORWARDED].reshape(C.MAX_DEST_SLOTS, C.N_DROP)
+    dropped = {drop_label(r): Counted(int(tot[C.OFF_DROP + r]) + int(dblock[:, r].sum()),
+                                      round(float(rates[C.OFF_DROP + r] + drates[:, r].sum()), 3))
+               for r in range(C.N_DROP) if _known_drop(r) or tot[C.OFF_DROP + r]
+               or dblock[:, r].any()}
     inv = snap.invalid().sum(axis=0)
     inv_rates = rates[C.OFF_INVALID:C.OFF_OVERFLOW].reshape(C.MAX_LISTENERS, C.N_INVALID).sum(axis=0)
     invalid = {invalid_label(r): Counted(int(inv[r]), round(float(inv_rates[r]), 3))
@@ -178,14 +223,19 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
         invalid=int(tot[C.OFF_INVALID:C.OFF_OVERFLOW].sum()),
         routed=int(tot[C.H_ROUTED]), copies=int(tot[C.H_COPIES]),
         forwarded=int(tot[C.OFF_FORWARDED:C.OFF_SEND_ERR].sum()),
-        dropped=int(tot[C.OFF_DROP:C.OFF_DEST_DROP].sum()),
+        dropped=int(tot[C.OFF_DROP:C.OFF_DEST_DROP].sum()) + int(dblock.sum()),
         overflows=int(tot[C.OFF_OVERFLOW:C.OFF_RULE].sum()))
 
     ok, why = sup.healthy()
     workers = [WorkerStatus(int(w["index"]), int(w.get("pid") or 0), bool(w.get("alive")),
                             int(w.get("generation", 0)),
-                            round(float(w.get("heartbeat_age_s", 0.0)), 3))
+                            round(float(w.get("heartbeat_age_s", 0.0)), 3),
+                            int(w.get("datagrams", 0)), int(w.get("copies", 0)),
+                            int(w.get("forwarded", 0)))
                for w in sup.workers_alive()]
+    sockets = [SocketStatus(name, str(g.get("spread", "")), int(g.get("rcvbuf_asked", 0)),
+                            int(g.get("rcvbuf_granted", 0)))
+               for name, g in getattr(sup, "granted", {}).items()]
     return Status(
         version=__version__, generation=int(sup.generation), started_at=float(sup.started_at),
         uptime_s=round(max(0.0, time.time() - sup.started_at), 3), healthy=bool(ok),
@@ -194,7 +244,7 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
         reloads=Reloads(int(sup.reload_counts.get("ok", 0)), int(sup.reload_counts.get("error", 0)),
                         sup.last_reload_error),
         totals=totals, listeners=listeners, rules=rules, destinations=list(dests.values()),
-        dropped=dropped, invalid=invalid)
+        dropped=dropped, invalid=invalid, sockets=sockets)
 
 
 def _known_drop(r: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -139,7 +140,27 @@ class Compiled:
         raise KeyError(name)
 
 
+def _stub_answer(host: str) -> str | None:
+    """HEPFAST_RESOLVE_FILE (tests): a file of "name address" lines that answers for the names
+    it lists, read on every compile, so a test can change a DNS answer between two reloads."""
+    path = os.environ.get("HEPFAST_RESOLVE_FILE")
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == host:
+                    return parts[1]
+    except OSError:
+        return None
+    return None
+
+
 def _resolve(host: str, port: int, path: str, kind: int) -> tuple[str, int]:
+    """The address of a listener or target: an IP literal as is, a name through DNS, once, here
+    in the supervisor (workers get the answer in the plan)."""
+    host = _stub_answer(host) or host
     try:
         ip = ipaddress.ip_address(host)
         return str(ip), socket.AF_INET if ip.version == 4 else socket.AF_INET6
