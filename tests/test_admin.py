@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import logging
 import socket
 import urllib.error
@@ -805,3 +806,19 @@ def test_token_and_masking_with_a_real_switch(tmp_path, monkeypatch):
             assert secret not in body and secret not in st and secret not in log, secret
     finally:
         sw.kill()
+
+
+def test_run_refuses_a_non_loopback_admin_without_token(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.switchhelp import ROOT
+
+    cfg = tmp_path / "open.toml"
+    cfg.write_text(_config('listen = "0.0.0.0:0"'))
+    env = {k: v for k, v in os.environ.items() if k != "HEPFAST_ADMIN_TOKEN"}
+    r = subprocess.run([sys.executable, "-m", "hepfast", "run", "-c", str(cfg), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "admin.token: " in r.stderr and "not a loopback address" in r.stderr
+    assert "hepfast running" not in r.stderr
