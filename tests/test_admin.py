@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import logging
+import os
 import socket
 import urllib.error
 import urllib.request
