@@ -129,8 +129,6 @@ def test_auth_key_is_compared_whole(tmp_path, sink):
     assert summary["forwarded_total"] == len(good)
 
 
-@pytest.mark.xfail(reason="worker change pending: refuse more than one auth-key chunk",
-                   strict=True)
 def test_more_than_one_auth_key_chunk_is_refused(tmp_path, sink):
     base = corpus(20)
     right = keyed(base, KEY)

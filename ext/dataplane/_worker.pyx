@@ -635,7 +635,9 @@ cdef class Worker:
 
     cdef inline int _check_auth(self, listener_t *lst, const uint8_t *buf,
                                 hep_pkt *p) noexcept nogil:
-        if not (p.present & ((<uint64_t>1) << CH_AUTH)) or p.auth_len != lst.auth_len:
+        # Exactly one auth-key chunk: with two, which one "counts" would be a guess (an agent
+        # must not be able to smuggle a wrong key past a right one, or the reverse).
+        if p.nauth != 1 or p.auth_len != lst.auth_len:
             return 0
         return ct_equal(buf + p.auth_off, lst.auth, lst.auth_len)
 

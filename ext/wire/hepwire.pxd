@@ -66,6 +66,7 @@ ctypedef struct hep_pkt:
     uint64_t present        # bit t set: a vendor-0 chunk of type t (t < 64) was seen
     uint16_t nchunks        # chunks walked (v3), 0 for v1/v2
     uint16_t nvendor        # chunks with vendor != 0
+    uint16_t nauth          # auth-key chunks (a listener with a key refuses more than one)
     uint8_t src4[4]
     uint8_t dst4[4]
     uint8_t src6[16]
@@ -150,6 +151,7 @@ cdef inline int hep_parse_v3(const uint8_t *buf, Py_ssize_t n, hep_pkt *p,
             elif ctype == CH_AUTH:
                 p.auth_off = pos + 6
                 p.auth_len = blen
+                p.nauth += 1
             elif ctype == CH_PAYLOAD:
                 p.payload_off = pos + 6
                 p.payload_len = blen
