@@ -157,6 +157,14 @@ def test_unsupported_transport_is_reported_before_other_mistakes(tmp_path):
     r = cli("check", "-c", str(write(tmp_path, text)))
     assert r.returncode == 2
     assert "listeners[0].transport: transport tcp is not supported yet" in r.stderr
+    # also before type errors and unknown keys, which the schema finds before validation
+    for other in ('workers = "two"', "wokers = 1"):
+        bad = write(tmp_path, text.replace("workers = 1", other), "other.toml")
+        for cmd in (("check", "-c", str(bad)), ("run", "-c", str(bad), "--no-admin")):
+            r = cli(*cmd)
+            assert r.returncode == 2
+            assert r.stderr.startswith(f"error: {bad}: listeners[0].transport: transport tcp "
+                                       "is not supported yet"), r.stderr
 
 
 def test_config_that_sends_nothing_passes_with_a_warning(tmp_path):

@@ -54,6 +54,20 @@ def from_dict(raw: dict, *, implemented: bool = False) -> Config:
     """Validate an already-parsed configuration (the dict tomllib returns)."""
     if not isinstance(raw, dict):
         raise ConfigError("", f"expected a table of settings, got {type(raw).__name__}")
+    if implemented:
+        # Transports first, before the type checks: an operator is told at once, not after
+        # fixing an unrelated key. Only string values; the rest is msgspec's to judge.
+        from types import SimpleNamespace as NS
+
+        from hepfast.config.validate import _check_implemented
+
+        def tr(x) -> NS:
+            t = x.get("transport", "udp") if isinstance(x, dict) else "udp"
+            return NS(transport=t if isinstance(t, str) else "udp")
+        lsts, dsts = raw.get("listeners"), raw.get("destinations")
+        _check_implemented(NS(listeners=[tr(x) for x in lsts] if isinstance(lsts, list) else [],
+                              destinations={k: tr(v) for k, v in dsts.items()}
+                              if isinstance(dsts, dict) else {}))
     # Destinations are converted one by one: msgspec writes dict keys as `[...]` in its paths,
     # and the operator needs the destination's name.
     dests = raw.get("destinations")
