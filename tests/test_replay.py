@@ -381,9 +381,9 @@ def test_summary_bytes_of_one_pass_and_bytes_sent(tmp_path):
     byte, later loops with their marked (longer) Call-IDs, checked against what a sink got."""
     from hepfast.tools import replay as rp
 
-    pkts = rp.load(["synthetic:calls=2,rtcp=1,log=1"])
+    pkts = rp.load(["synthetic:calls=2,rtcp=1,log=1,seed=7,start=1700000000"])
     one_pass = sum(len(p.data) for p in pkts)
-    summary, sink = replay_into_sink("synthetic:calls=2,rtcp=1,log=1", expect=3 * len(pkts),
+    summary, sink = replay_into_sink("synthetic:calls=2,rtcp=1,log=1,seed=7,start=1700000000", expect=3 * len(pkts),
                                      extra=("--loop", "3"))
     assert summary["sent"] == 3 * len(pkts) == len(sink.packets)
     assert summary["bytes_per_pass"] == one_pass
@@ -391,7 +391,7 @@ def test_summary_bytes_of_one_pass_and_bytes_sent(tmp_path):
     assert summary["bytes_sent"] == sum(len(p) for p in sink.packets)
     assert summary["bytes_sent"] > 3 * one_pass          # the loop marks make loops 1.. longer
     # split over processes and cut mid-loop, the share arithmetic still adds up
-    summary, sink = replay_into_sink("synthetic:calls=2,rtcp=1,log=1", expect=len(pkts) * 2 + 3,
+    summary, sink = replay_into_sink("synthetic:calls=2,rtcp=1,log=1,seed=7,start=1700000000", expect=len(pkts) * 2 + 3,
                                      extra=("--count", str(len(pkts) * 2 + 3),
                                             "--processes", "2"))
     assert summary["sent"] == len(sink.packets) == len(pkts) * 2 + 3
