@@ -343,3 +343,47 @@ def restore_root_logging():
     root.setLevel(level)
     log._State.json, log._State.stream = False, None
     log._Live.text, log._Live.stream = "", None
+
+
+def test_run_applies_hepfast_node_name(tmp_path):
+    """The switch itself (not only check) expands "$HEPFAST_NODE_NAME" in a rule's set."""
+    import signal
+    import socket
+    import time
+
+    from hepfast.tools.sink import Sink
+    from hepfast.wire import codec
+    from hepfast.wire.chunks import encode_packet
+
+    with Sink("127.0.0.1:0").start(timeout=60) as sink:
+        cfg = write(tmp_path, NODE.replace("127.0.0.1:9", f"127.0.0.1:{sink.port}"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEPFAST_")}
+        env.update(PYTHONPATH=str(ROOT), HEPFAST_NODE_NAME="edge-7")
+        err = open(tmp_path / "run.err", "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "hepfast", "run", "-c", str(cfg),
+                                 "--no-admin", "--quiet"], stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=env, cwd=ROOT)
+        try:
+            port, end = None, time.monotonic() + 30
+            while port is None and time.monotonic() < end and proc.poll() is None:
+                err.seek(0)
+                for ln in err.read().splitlines():
+                    if ln.startswith("listening agents udp "):
+                        port = int(ln.rsplit(":", 1)[1])
+                time.sleep(0.05)
+            assert port, f"no listening line: {(tmp_path / 'run.err').read_text()}"
+            pkt = encode_packet([(0, 1, b"\x02"), (0, 11, b"\x01"), (0, 15, b"OPTIONS x")])
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.sendto(pkt, ("127.0.0.1", port))
+            s.close()
+            assert sink.wait_for(1, timeout=20)
+            got = codec.decode(sink.packets[0])
+            assert got.node_name == "edge-7" and got.capture_id == 7
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+            assert proc.returncode == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            err.close()

@@ -45,23 +45,19 @@ def main(args) -> int:
 
     from hepfast.cli import config_error_line, resolve_config
     from hepfast.config import ConfigError, load_config
-    from hepfast.config.env import apply_env_overrides
-    from hepfast.config.validate import validate
     from hepfast.plan.compile import compile_config
     from hepfast.plan.describe import describe
 
     path, bundled = resolve_config(args.config)
     try:
-        cfg = load_config(path, implemented=True)     # unimplemented transports first
-        env_cfg = apply_env_overrides(cfg)
-        if env_cfg is not cfg:
-            validate(env_cfg, implemented=True)
-        compiled = compile_config(env_cfg)
+        # implemented=True: unimplemented transports first, environment overrides applied.
+        cfg = load_config(path, implemented=True)
+        compiled = compile_config(cfg)
     except ConfigError as exc:
         print(config_error_line(path, exc), file=sys.stderr)
         return 2
     print(describe(compiled))
-    warnings = config_warnings(env_cfg)
+    warnings = config_warnings(cfg)
     for w in warnings:
         print(f"warning: {path}: {w}", file=sys.stderr)
     what = " (the bundled default config)" if bundled else ""

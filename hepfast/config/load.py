@@ -75,6 +75,12 @@ def from_dict(raw: dict, *, implemented: bool = False) -> Config:
         for name, body in dests.items():
             _convert(body, Destination, f"destinations.{_qkey(name)}")
     cfg = _convert(raw, Config, "")
+    if implemented:
+        # The operational path (check, run, reload) applies HEPFAST_ADMIN_TOKEN and
+        # "$HEPFAST_NODE_NAME" (hepfast.config.env) before validating the result.
+        from hepfast.config.env import apply_env_overrides
+
+        cfg = apply_env_overrides(cfg)
     validate(cfg, implemented=implemented)
     return cfg
 
