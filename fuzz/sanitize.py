@@ -30,11 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "sanitize"
-# What the copy holds: the package, the C sources, the build script and what the tests use.
-COPY_DIRS = ("hepfast", "ext", "scripts", "tests", "bench", "fuzz")
-COPY_FILES = ("setup.py", "pyproject.toml", "Makefile")
+# The copy holds what git sees in the checkout (tracked files and new ones that are not ignored:
+# the same tree `make test` tests), less build products.
 SKIP_SUFFIXES = (".so", ".c", ".html", ".o", ".pyc")
-SKIP_DIRS = ("__pycache__", "generated", "artifacts", "results")
+SKIP_DIRS = ("__pycache__", "generated", "artifacts", "results", "build")
 
 
 def tree(flavour: str) -> Path:
@@ -46,15 +45,13 @@ def logs(flavour: str) -> Path:
 
 
 def _sources():
-    for name in COPY_FILES:
-        if (ROOT / name).is_file():
-            yield Path(name)
-    for d in COPY_DIRS:
-        for dirpath, dirnames, filenames in os.walk(ROOT / d):
-            dirnames[:] = [n for n in dirnames if n not in SKIP_DIRS]
-            for f in filenames:
-                if not f.endswith(SKIP_SUFFIXES):
-                    yield (Path(dirpath) / f).relative_to(ROOT)
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, check=True).stdout
+    for name in out.decode().split("\0"):
+        rel = Path(name)
+        if name and not name.endswith(SKIP_SUFFIXES) and not set(rel.parts) & set(SKIP_DIRS) \
+                and (ROOT / rel).is_file():
+            yield rel
 
 
 def sync(flavour: str) -> Path:
@@ -73,12 +70,11 @@ def sync(flavour: str) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
         shutil.copymode(src, out)
-    for d in COPY_DIRS:                       # files deleted from the checkout go here too
-        for p in list((dst / d).rglob("*")) if (dst / d).exists() else []:
-            rel = p.relative_to(dst)
-            if p.is_file() and not p.name.endswith(SKIP_SUFFIXES) and rel not in wanted and \
-                    not set(rel.parts) & set(SKIP_DIRS):
-                p.unlink()
+    for p in list(dst.rglob("*")):           # files deleted from the checkout go here too
+        rel = p.relative_to(dst)
+        if p.is_file() and not p.name.endswith(SKIP_SUFFIXES) and rel not in wanted and \
+                not set(rel.parts) & set(SKIP_DIRS):
+            p.unlink()
     shared = ROOT.parent / "shared"
     link = BUILD / flavour / "shared"
     if shared.is_dir() and not link.exists():
