@@ -98,23 +98,40 @@ def test_two_workers_record_everything(tmp_path, sink):
 
 
 def test_rotation_keeps_at_most_keep_files(tmp_path, sink):
+    """Four rounds, each written before the next (the ring empty in between), each past
+    rotate_bytes: at least four files were written, the three newest are kept, whole, in order."""
     pkts = corpus()
     rec = tmp_path / "rec"
-    sw = SwitchProcess(tmp_path, config(sink.port, rec, workers=1,
+    sw = SwitchProcess(tmp_path, config(sink.port, rec, workers=1, admin=True,
                                         file_extra="rotate_bytes = 65536\nkeep = 3"),
-                       workers=1, extra=["--no-admin"])
+                       workers=1)
+    rounds = [pkts[i * len(pkts) // 4:(i + 1) * len(pkts) // 4] for i in range(4)]
     try:
-        sw.send(pkts)
-        assert sink.wait_for(len(pkts), timeout=60)
+        for i, r in enumerate(rounds):
+            sw.send(r)
+            assert sink.wait_for(sum(len(x) for x in rounds[:i + 1]), timeout=60)
+            _wait_ring_empty(sw)
         summary = sw.stop()
     finally:
         sw.kill()
     files = sorted(rec.glob("*.hepraw"))
-    assert len(files) == 3                         # the corpus fills many more than three
+    assert len(files) == 3
     kept = recorded(rec)
     assert 0 < len(kept) < len(pkts)
     assert kept == pkts[-len(kept):]               # the newest files, whole and in order
     check_accounting(summary)
+
+
+def _wait_ring_empty(sw: SwitchProcess, timeout: float = 30.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rec = next(d for d in _status(sw)["destinations"] if d["name"] == "rec")
+        if rec["egress"]["ring_used_bytes"] == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the file destination did not drain its ring")
 
 
 def _status(sw: SwitchProcess) -> dict:

@@ -143,7 +143,8 @@ class Supervisor:
         self.granted: dict[str, dict] = {}                    # listener -> socket buffers
         self.workers = [Child(i, i) for i in range(self.nworkers)]
         self.egress: dict[int, Child] = {}                    # egress slot -> child
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # one reload at a time
+        self._plock = threading.Lock()         # the pending request slot
         self._flags: set[str] = set()
         self._pending: _ReloadRequest | None = None
         self._serving = False
@@ -241,7 +242,7 @@ class Supervisor:
         if not self._serving or threading.current_thread() is threading.main_thread():
             with self._lock:
                 return self._reload(p)
-        with self._lock:
+        with self._plock:                  # never held during a reload: requests queue at once
             req = self._pending
             if req is None or req.done.is_set():
                 req = self._pending = _ReloadRequest(p)
@@ -451,9 +452,18 @@ class Supervisor:
                 self.egress[slot] = e
                 self._spawn_egress(e)
 
+    def _await_ready(self, c: Child, timeout: float = 15.0) -> None:
+        """A child still starting (importing, mapping) would die of SIGTERM before its handler
+        is set and skip its drain: let it reach its loop first (bounded)."""
+        end = time.monotonic() + timeout
+        while c.proc is not None and c.proc.poll() is None and time.monotonic() < end \
+                and int(self.counters.row(c.row)[K.H_STATE]) == 0:
+            time.sleep(0.01)
+
     def _stop_child(self, c: Child, retire: bool, timeout: float | None = None) -> None:
         if c.proc is None:
             return
+        self._await_ready(c)
         if c.proc.poll() is None:
             c.proc.send_signal(signal.SIGTERM)
             try:
@@ -532,6 +542,8 @@ class Supervisor:
         for e in self.egress.values():
             if e.proc is None or e.proc.poll() is not None:
                 return False, f"egress process of {e.dest} is not running"
+            if int(self.counters.row(e.row)[K.H_STATE]) == 0:
+                return False, f"egress process of {e.dest} is starting"
         return True, "ok"
 
     def _signal(self, name: str) -> None:
@@ -621,8 +633,9 @@ class Supervisor:
         return self.shutdown()
 
     def _serve_pending(self) -> None:
-        with self._lock:
+        with self._plock:
             req, self._pending = self._pending, None
+        with self._lock:
             if req is not None and not req.done.is_set():
                 req.result = self._reload(req.path)
                 req.done.set()
@@ -635,6 +648,7 @@ class Supervisor:
         drain = self.compiled.config.switch.drain_timeout
         timeout = drain + 5.0 if timeout is None else timeout
         for w in self.workers:
+            self._await_ready(w)
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGTERM)
         ok = True
