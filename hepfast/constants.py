@@ -84,7 +84,8 @@ OFF_SEND_ERR = OFF_FORWARDED + MAX_TARGET_SLOTS          # [target slot] copies 
 OFF_LAST_ERR = OFF_SEND_ERR + MAX_TARGET_SLOTS           # [target slot] monotonic ns, last error
 OFF_LAST_OK = OFF_LAST_ERR + MAX_TARGET_SLOTS            # [target slot] monotonic ns, last send
 OFF_QUEUED = OFF_LAST_OK + MAX_TARGET_SLOTS              # [target slot] copies put in a ring
-STRIDE = OFF_QUEUED + MAX_TARGET_SLOTS
+OFF_LAST_ERRNO = OFF_QUEUED + MAX_TARGET_SLOTS           # [target slot] errno of the last error
+STRIDE = OFF_LAST_ERRNO + MAX_TARGET_SLOTS
 
 # --- rule tables (hepfast.plan.tables documents the layout) -------------------------------------
 KEY_NAMES = (

@@ -314,3 +314,38 @@ def test_a_removed_target_keeps_its_counts(tmp_path):
     assert f'hepfast_packets_forwarded_total{{destination="d",target="127.0.0.1:{a.port}"}} ' \
         f'{len(pkts)}.0' in metrics
     check_accounting(summary)
+
+
+def test_target_down_and_back_are_logged_with_the_error(tmp_path):
+    port = free_udp_port()
+    pkts = sip_corpus(100)
+    sw = SwitchProcess(tmp_path, cfg([port]), workers=1)
+    try:
+        sw.send(pkts)
+        wait_until(lambda: f"target d/127.0.0.1:{port} is down: Connection refused"
+                   in sw.stderr(), 15, "the down event")
+        back = Sink(("127.0.0.1", port)).start(timeout=60)
+        try:
+            # Past the 1 s hold-down the next copies probe the target again and get through.
+            def probe_until_back() -> bool:
+                sw.send(pkts[:10])
+                return f"target d/127.0.0.1:{port} is back" in sw.stderr()
+            wait_until(probe_until_back, 20, "the back event")
+            assert back.received > 0
+        finally:
+            back.close()
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    check_accounting(summary)
+
+
+def test_periodic_counters_line_when_not_on_a_terminal(tmp_path, sink):
+    sw = SwitchProcess(tmp_path, cfg([sink.port]), workers=1, extra=["--summary-every", "0.5"])
+    try:
+        sw.send(sip_corpus(30))
+        assert sink.wait_for(30, timeout=30)
+        wait_until(lambda: "received 30 forwarded 30" in sw.stderr(), 15, "a counters line")
+        sw.stop()
+    finally:
+        sw.kill()

@@ -404,9 +404,12 @@ cdef class Worker:
     cdef inline void _ddrop(self, int dslot, int reason, uint64_t n) noexcept nogil:
         self.ctr[OFF_DEST_DROP + dslot * N_DROP + reason] += n
 
-    cdef void _target_failed(self, target_t *t, int64_t now, uint64_t n) noexcept nogil:
+    cdef void _target_failed(self, target_t *t, int64_t now, uint64_t n,
+                             int err) noexcept nogil:
         self.ctr[OFF_SEND_ERR + t.slot] += n
         self.ctr[OFF_LAST_ERR + t.slot] = now
+        if err:
+            self.ctr[OFF_LAST_ERRNO + t.slot] = err
         if n:
             self._ddrop(t.dslot, D_SEND_ERROR, n)
 
@@ -443,7 +446,7 @@ cdef class Worker:
             # a hard error for this one: the target is down for DOWN_NS; what is left of this
             # queue is not sent into the void but counted.
             t.down_until = now + DOWN_NS
-            self._target_failed(t, now, t.n - sent)
+            self._target_failed(t, now, t.n - sent, err)
             sent = t.n
             break
         if t.check_err and sent:
@@ -452,7 +455,7 @@ cdef class Worker:
             # and hash need to know now. One getsockopt per batch, only for those targets.
             optlen = sizeof(int)
             if getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &soerr, &optlen) == 0 and soerr != 0:
-                self._target_failed(t, now, 0)
+                self._target_failed(t, now, 0, soerr)
                 t.down_until = now + DOWN_NS
         t.n = 0
 
@@ -484,7 +487,7 @@ cdef class Worker:
         if t.down_until > self.now:
             # Known down (refused within DOWN_NS): counted, not sent. The first copy after
             # DOWN_NS goes out again as the re-probe.
-            self._target_failed(t, self.now, 1)
+            self._target_failed(t, self.now, 1, 0)
             return
         if t.n >= t.cap:
             self._flush_target(t, now_ns())

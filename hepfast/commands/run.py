@@ -15,6 +15,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-admin", action="store_true", help="do not serve admin.listen")
     p.add_argument("--log-json", action="store_true", help="log events as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true", help="no live counters on a terminal")
+    p.add_argument("--summary-every", type=float, default=60.0, metavar="S",
+                   help="log a one-line counters summary every S seconds when stderr is not a "
+                        "terminal (0: never; default 60)")
     p.add_argument("--allow-shared-port", action="store_true",
                    help="share listen ports with another process that serves them already")
 
@@ -125,6 +128,9 @@ def main(args) -> int:
     say(f"hepfast running: {sup.nworkers} workers, config {sup.config_path} "
         f"(SIGHUP reloads, SIGTERM stops)", workers=sup.nworkers, config=str(sup.config_path))
 
+    sup.hooks = {"reload_start": sdnotify.reloading,
+                 "reload_end": lambda: sdnotify.ready(f"running, generation {sup.generation}"),
+                 "stopping": sdnotify.stopping}
     sup.install_signals()
     # systemd (Type=notify): ready once every worker is up (here or at a later tick), and only
     # once the signal handlers are in place, since systemd may signal right after READY=1.
@@ -134,6 +140,9 @@ def main(args) -> int:
     deadline = time.monotonic() + args.duration if args.duration else None
     live = sys.stderr.isatty() and not args.quiet and not args.log_json
     prev = {"t": time.monotonic(), "rx": 0, "fwd": 0}
+    periodic = {"next": time.monotonic() + args.summary_every, "prev": None,
+                "t": time.monotonic()}
+    from hepfast.observe.log import summary_line
 
     def tick(s) -> None:
         if not ready[0] and s.healthy()[0]:
@@ -142,6 +151,12 @@ def main(args) -> int:
         if deadline and time.monotonic() >= deadline:
             s.stop()
         if not live:
+            now = time.monotonic()
+            if args.summary_every > 0 and now >= periodic["next"]:
+                sm = summary(s)
+                logging.getLogger("hepfast.counters").info(
+                    "%s", summary_line(sm, periodic["prev"], now - periodic["t"]))
+                periodic.update(next=now + args.summary_every, prev=sm, t=now)
             return
         sm = summary(s)
         now = time.monotonic()
@@ -154,7 +169,6 @@ def main(args) -> int:
         prev.update(t=now, rx=rx, fwd=fwd)
 
     code = sup.serve(on_tick=tick, tick_s=0.5 if args.duration else 1.0)
-    sdnotify.stopping()
     if live:
         sys.stderr.write("\n")
     print(json.dumps(summary(sup), separators=(",", ":")), flush=True)

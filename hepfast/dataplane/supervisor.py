@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 import hepfast
 from hepfast import constants as K
 from hepfast.config import DEFAULT_CONFIG_PATH, ConfigError
@@ -152,6 +154,11 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self.admin = None
         self._want_admin = admin
+        # Callbacks the command sets (systemd notification): reload_start(), reload_end(ok),
+        # stopping().
+        self.hooks: dict = {}
+        self._watch_state: dict = {}
+        self._next_watch = 0.0
         self._env = _pythonpath_env()
         self._publish_first()
 
@@ -260,6 +267,22 @@ class Supervisor:
         return False, msg
 
     def _reload(self, path: Path | None) -> tuple[bool, str]:
+        self._hook("reload_start")
+        try:
+            result = self._reload_inner(path)
+        finally:
+            self._hook("reload_end")
+        return result
+
+    def _hook(self, name: str, *args) -> None:
+        fn = self.hooks.get(name)
+        if fn is not None:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - a notification must never stop the switch
+                log.exception("hook %s failed", name)
+
+    def _reload_inner(self, path: Path | None) -> tuple[bool, str]:
         p = path or self.config_path
         try:
             text = p.read_text()
@@ -505,7 +528,7 @@ class Supervisor:
                         "datagrams": int(row[K.H_DATAGRAMS]),
                         "copies": int(row[K.H_COPIES]),
                         "forwarded": int(row[K.OFF_FORWARDED:K.OFF_SEND_ERR].sum()),
-                        "queued": int(row[K.OFF_QUEUED:K.STRIDE].sum())})
+                        "queued": int(row[K.OFF_QUEUED:K.OFF_LAST_ERRNO].sum())})
         return out
 
     def egress_status(self) -> list[dict]:
@@ -623,6 +646,9 @@ class Supervisor:
                 if "reload-request" in flags:
                     self._serve_pending()
                 now = time.monotonic()
+                if now >= self._next_watch:
+                    self._next_watch = now + 1.0
+                    self.watch()
                 if on_tick and now >= next_tick:
                     next_tick = now + tick_s
                     self.refresh_kernel_counters()
@@ -630,7 +656,48 @@ class Supervisor:
         finally:
             self._serving = False
             self._serve_pending()
+        self._hook("stopping")
+        log.info("stopping: draining %d worker(s)", self.nworkers)
         return self.shutdown()
+
+    def watch(self) -> None:
+        """Log what an operator must hear of (called about once a second): a target going down
+        and coming back, with the error; a destination dropping copies because its queue or
+        ring is full (at most every 10 s per destination)."""
+        rows = self.counters.rows
+        now = time.monotonic_ns()
+        last_err = rows[:, K.OFF_LAST_ERR:K.OFF_LAST_OK].max(axis=0)
+        last_ok = rows[:, K.OFF_LAST_OK:K.OFF_QUEUED].max(axis=0)
+        errno_ = rows[:, K.OFF_LAST_ERRNO:K.STRIDE].max(axis=0)
+        tot = rows.sum(axis=0, dtype=np.uint64)
+        st = self._watch_state
+        for dest, _mode, transport, label, slot in self.target_views():
+            if transport == "retired":
+                continue
+            le, lo = int(last_err[slot]), int(last_ok[slot])
+            down = le > 0 and le > lo and now - le < 3e9
+            key = ("down", slot)
+            if down and not st.get(key):
+                code = int(errno_[slot])
+                why = os.strerror(code) if code else "send failed"
+                log.warning("target %s/%s is down: %s (%d send errors so far); its copies are "
+                            "counted as send_error until it answers again", dest, label, why,
+                            int(tot[K.OFF_SEND_ERR + slot]))
+            elif not down and st.get(key):
+                log.info("target %s/%s is back", dest, label)
+            st[key] = down
+        full = K.DROP["queue_full"]
+        for name, dslot in self.slots.destinations.slots.items():
+            n = int(tot[K.OFF_DEST_DROP + dslot * K.N_DROP + full])
+            key = ("full", dslot)
+            prev, when = st.get(key, (n, 0))
+            if n > prev and now - when > 10e9:
+                log.warning("destination %s: %d copies dropped because its queue is full (%d in "
+                            "all); the collector or store is slower than the traffic, see "
+                            "docs/operations.md", name, n - prev, n)
+                st[key] = (n, now)
+            elif key not in st:
+                st[key] = (n, 0)
 
     def _serve_pending(self) -> None:
         with self._plock:
