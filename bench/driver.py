@@ -9,6 +9,11 @@ workers are all counted). Subjects:
   c_forward  bench/c_forward (recvmmsg -> sendmmsg, no parsing): the physical baseline
   hepfast-1  `hepfast run`, 1 worker, one rule forwarding SIP to one destination
   hepfast-10 `hepfast run`, 1 worker, 10 rules (9 that do not match) and a capture-id rewrite
+  hepfast-2p `hepfast run`, 2 workers on the same core, switch.spread = "packet" (the reuseport
+             program picks a worker per datagram; one sending socket reaches both)
+  hepfast-file  as hepfast-1, and every packet also to a `file` destination: the worker copies
+             it into its shared-memory ring, an egress process writes rotating .hepraw files
+             (the `worker ns` and `egress ns` columns split the CPU by process)
 Prints a table and a JSON line (also written under bench/results/) with the ratios of CPU ns per
 packet against c_forward at the same offered rate, and each subject's max lossless rate.
 
@@ -86,6 +91,22 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def cpu_by_role(pid: int) -> dict[str, int]:
+    """CPU ns of the switch's processes by role: supervisor, worker(s), egress process(es)."""
+    out = {"supervisor": 0, "worker": 0, "egress": 0}
+    for p in tree_pids(pid):
+        try:
+            cmd = open(f"/proc/{p}/cmdline", "rb").read()
+            tasks = os.listdir(f"/proc/{p}/task")
+            ns = sum(int(open(f"/proc/{p}/task/{t}/schedstat").read().split()[0]) for t in tasks)
+        except (OSError, IndexError, ValueError):
+            continue
+        role = "worker" if b"dataplane.worker" in cmd else "egress" if b"egress.main" in cmd \
+            else "supervisor"
+        out[role] += ns
+    return out
+
+
 def hepfast(*args: str, core: int, **kw) -> subprocess.Popen:
     return subprocess.Popen(["taskset", "-c", str(core), PY, "-m", "hepfast", *args],
                             cwd=REPO, **kw)
@@ -104,11 +125,18 @@ def stop_sink(p: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def write_config(path: Path, listen: int, target: int, rules: int) -> None:
-    lines = ["[switch]", "workers = 1", "batch = 64", 'default = "drop"', "",
+def write_config(path: Path, listen: int, target: int, rules: int, workers: int = 1,
+                 record: Path | None = None) -> None:
+    lines = ["[switch]", f"workers = {workers}", "batch = 64", 'default = "drop"',
+             'spread = "packet"', "",
              "[admin]", 'listen = "127.0.0.1:0"', "",
              "[[listeners]]", 'name = "agents"', f'listen = "127.0.0.1:{listen}"', "",
              "[destinations.sink]", f'targets = ["127.0.0.1:{target}"]', 'mode = "hash"', ""]
+    fwd = '["sink"]'
+    if record is not None:
+        lines += ["[destinations.rec]", 'transport = "file"', f'path = "{record}"',
+                  "rotate_bytes = 268435456", "keep = 2", ""]
+        fwd = '["sink", "rec"]'
     for k in range(rules - 1):
         # Rules that never match the corpus (capture id 2001): they cost the evaluation only.
         lines += ["[[rules]]", f'name = "miss{k}"', f"match.capture_id = [{9000 + k}]",
@@ -116,7 +144,7 @@ def write_config(path: Path, listen: int, target: int, rules: int) -> None:
     lines += ["[[rules]]", 'name = "sip"', 'match.proto_type = ["sip", "log"]']
     if rules > 1:
         lines += ["set.capture_id = 3001"]
-    lines += ['forward = ["sink"]', ""]
+    lines += [f"forward = {fwd}", ""]
     path.write_text("\n".join(lines))
 
 
@@ -132,7 +160,9 @@ def start_subject(name: str, listen: int, target: int, tmp: Path) -> subprocess.
         print(f"# {name}: skipped: `hepfast run` is not available yet ({why})", file=sys.stderr)
         return None
     cfg = tmp / f"{name}.toml"
-    write_config(cfg, listen, target, 10 if name == "hepfast-10" else 1)
+    write_config(cfg, listen, target, 10 if name == "hepfast-10" else 1,
+                 workers=2 if name == "hepfast-2p" else 1,
+                 record=tmp / f"{name}-rec" if name == "hepfast-file" else None)
     return hepfast("run", "-c", str(cfg), "--quiet", core=0, stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE, text=True)
 
@@ -167,10 +197,10 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
         stop_sink(sink)
         for rate in steps:
             sink = start_sink(target)
-            c0 = cpu_ns(subject.pid)
+            c0, r0 = cpu_ns(subject.pid), cpu_by_role(subject.pid)
             sent = offer(listen, rate, seconds, corpus)
             time.sleep(0.3)                                  # drain
-            c1 = cpu_ns(subject.pid)
+            c1, r1 = cpu_ns(subject.pid), cpu_by_role(subject.pid)
             got = stop_sink(sink)
             sink = None
             recv = got["received"]
@@ -180,6 +210,10 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
                 "delivered_pps": round(recv / max(sent["seconds"], 1e-9), 1),
                 "loss": round(1 - recv / sent["sent"], 5) if sent["sent"] else None,
                 "cpu_ns_per_pkt": round((c1 - c0) / recv, 1) if recv else None,
+                "worker_ns_per_pkt": round((r1["worker"] - r0["worker"]) / recv, 1)
+                if recv and name != "c_forward" else None,
+                "egress_ns_per_pkt": round((r1["egress"] - r0["egress"]) / recv, 1)
+                if recv and name == "hepfast-file" else None,
                 # send time stamped into each packet by replay --stamp, arrival at the sink
                 "latency_us": got.get("latency_us"),
             })
@@ -202,7 +236,7 @@ def main() -> int:
                     help="offered rates, packets/s, comma separated")
     ap.add_argument("--step-seconds", type=float, default=3.0)
     ap.add_argument("--corpus", default=str(CORPUS), help=".hepraw/pcap to offer")
-    ap.add_argument("--subjects", default="c_forward,hepfast-1,hepfast-10")
+    ap.add_argument("--subjects", default="c_forward,hepfast-1,hepfast-10,hepfast-2p,hepfast-file")
     ap.add_argument("--lossless", type=float, default=0.001, help="loss counted as lossless")
     args = ap.parse_args()
     if (os.cpu_count() or 1) < 2:
@@ -222,8 +256,8 @@ def main() -> int:
                 results[name] = rows
 
     base = {r["offered_pps"]: r for r in results.get("c_forward", [])}
-    print(f"{'subject':<11} {'offered':>9} {'delivered':>10} {'loss':>8} {'ns/pkt':>8} "
-          f"{'vs C':>6} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
+    print(f"{'subject':<12} {'offered':>9} {'delivered':>10} {'loss':>8} {'ns/pkt':>8} "
+          f"{'vs C':>6} {'worker':>7} {'egress':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     summary: dict = {"steps": steps, "subjects": {}}
     for name, rows in results.items():
         lossless = [r["offered_pps"] for r in rows if r["loss"] is not None
@@ -238,9 +272,10 @@ def main() -> int:
                     ratios.append(ratio)
             r["ratio_vs_c"] = ratio
             lat = r.get("latency_us") or {}
-            print(f"{name:<11} {r['offered_pps']:>9.0f} {r['delivered_pps']:>10.0f} "
+            print(f"{name:<12} {r['offered_pps']:>9.0f} {r['delivered_pps']:>10.0f} "
                   f"{r['loss']:>8.4f} {r['cpu_ns_per_pkt'] or 0:>8.0f} "
                   f"{ratio if ratio is not None else '-':>6} "
+                  f"{r.get('worker_ns_per_pkt') or '-':>7} {r.get('egress_ns_per_pkt') or '-':>7} "
                   f"{lat.get('p50', '-'):>7} {lat.get('p99', '-'):>7} {lat.get('max', '-'):>7}")
         ratios.sort()
         summary["subjects"][name] = {
