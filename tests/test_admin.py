@@ -804,6 +804,7 @@ def test_token_and_masking_with_a_real_switch(tmp_path, monkeypatch):
         assert "reload refused" in log and "listeners[0].allow[0]" in log
         for secret in ("run-token-6061", "agent-key-1", "new-agent-key-2"):
             assert secret not in body and secret not in st and secret not in log, secret
+        assert sw.stop()["reloads"] == {"ok": 0, "error": 1}
     finally:
         sw.kill()
 

@@ -418,6 +418,7 @@ def _make_handler(admin: AdminServer):
 
         def setup(self):
             super().setup()
+            self.rfile.close()          # the plain makefile() reader: replaced by ours
             self._reader = _DeadlineReader(self.connection, admin.timeout_s)
             self.rfile = io.BufferedReader(self._reader)
 
