@@ -28,14 +28,14 @@ def free_udp_port() -> int:
 class SwitchProcess:
     """`python -m hepfast run -c CONFIG` on loopback; stop() returns its final JSON summary."""
 
-    def __init__(self, tmp_path: Path, config: str, workers: int = 1, extra=()):
+    def __init__(self, tmp_path: Path, config: str, workers: int | None = 1, extra=()):
         self.cfg = tmp_path / f"hepfast-{time.monotonic_ns()}.toml"
         self.cfg.write_text(textwrap.dedent(config))
         self.errlog = open(tmp_path / f"{self.cfg.stem}.err", "w+")
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hepfast", "run", "-c", str(self.cfg), "--quiet",
-             "--workers", str(workers), *extra],
+             *(["--workers", str(workers)] if workers else []), *extra],
             stdout=subprocess.PIPE, stderr=self.errlog, text=True, env=env, cwd=ROOT)
         self.port = self._wait_port()
         self.summary: dict | None = None

@@ -349,3 +349,26 @@ def test_periodic_counters_line_when_not_on_a_terminal(tmp_path, sink):
         sw.stop()
     finally:
         sw.kill()
+
+
+@pytest.mark.parametrize("change,field", [("workers", "switch.workers"),
+                                          ("admin", "admin.listen")])
+def test_reload_that_needs_a_restart_is_refused_with_the_reason(tmp_path, sink, change, field):
+    sw = SwitchProcess(tmp_path, cfg([sink.port]), workers=None)   # the config decides
+    try:
+        text = sw.cfg.read_text()
+        if change == "workers":
+            text = text.replace("workers = 1", "workers = 2")
+        else:
+            text = text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{free_udp_port()}"',
+                                1)
+        sw.cfg.write_text(text)
+        req = urllib.request.Request(admin(sw) + "/reload", method="POST", data=b"")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        body = err.value.read().decode()
+        assert field in body and "restart" in body, body
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    assert summary["reloads"] == {"ok": 0, "error": 1}

@@ -39,7 +39,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -55,6 +54,7 @@ from hepfast.config import DEFAULT_CONFIG_PATH, ConfigError
 from hepfast.dataplane import counters as C
 from hepfast.dataplane import rundir as R
 from hepfast.dataplane.worker import EXIT_BOOT_ERROR
+from hepfast.ingress import udp
 from hepfast.plan.compile import Compiled, compile_text
 from hepfast.plan.emit import Slots, emit, target_key
 from hepfast.plan.format import write_plan
@@ -63,11 +63,6 @@ log = logging.getLogger("hepfast.switch")
 
 RECV_TIMEOUT_US = 100_000
 RELOAD_ACK_TIMEOUT_S = 10.0
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-SO_MEMINFO = 55
-SK_MEMINFO_DROPS = 8
-SO_ATTACH_REUSEPORT_CBPF = 51
-SO_DETACH_REUSEPORT_BPF = 68
 
 
 def _pythonpath_env() -> dict:
@@ -361,62 +356,31 @@ class Supervisor:
         self.listener_socks = [[] for _ in range(self.nworkers)]
         sw = self.compiled.config.switch
         for li in self.compiled.listeners:
-            port = li.port
-            if port and not self.allow_shared_port:
-                _check_not_served(li)
-            group = []
-            for w in range(self.nworkers):
-                s = socket.socket(li.family, socket.SOCK_DGRAM)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                _set_rcvbuf(s, sw.rcvbuf)
-                if li.family == socket.AF_INET6:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                try:
-                    s.bind((li.host, port))
-                except OSError as exc:
-                    raise OSError(exc.errno, f"listener {li.name!r}: cannot bind "
-                                  f"{li.host}:{port}: {exc.strerror} (is another hepfast or "
-                                  "collector using it? change listeners.listen)") from None
-                port = s.getsockname()[1]
-                # Workers block in recvmmsg(MSG_WAITFORONE) on a single listener; the receive
-                # timeout brings them back to check signals, reloads and the heartbeat.
-                s.setblocking(True)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                             struct.pack("ll", 0, RECV_TIMEOUT_US))
+            group = udp.open_group(li, self.nworkers, rcvbuf=sw.rcvbuf,
+                                   recv_timeout_us=RECV_TIMEOUT_US,
+                                   exclusive=not self.allow_shared_port)
+            for w, s in enumerate(group):
                 self.listener_socks[w].append(s)
-                group.append(s)
-            self.bound.append((li.name, li.host, port))
+            self.bound.append((li.name, li.host, group[0].getsockname()[1]))
             self._spread(li.name, group, sw.spread)
-            self.granted[li.name] = {
-                "rcvbuf_asked": sw.rcvbuf,
-                "rcvbuf_granted": group[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-                "spread": sw.spread}
+            self.granted[li.name] = udp.buffers(group[0], sw.rcvbuf, sw.spread)
 
     def _spread(self, name: str, group: list[socket.socket], how: str) -> None:
-        if how == "packet" and len(group) > 1:
-            try:
-                attach_random_spread(group[0], len(group))
-            except OSError as exc:
-                log.warning("listener %s: cannot spread by packet (%s); the kernel spreads by "
-                            "flow", name, exc)
-        elif how == "flow" and group:
-            try:
-                group[0].setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
-            except OSError:
-                pass                    # none attached: the kernel already spreads by flow
+        try:
+            udp.set_spread(group, how)
+        except OSError as exc:
+            log.warning("listener %s: cannot spread by packet (%s); the kernel spreads by flow",
+                        name, exc)
 
     def _apply_socket_options(self, c: Compiled) -> None:
         sw = c.config.switch
         for li_i, li in enumerate(c.listeners):
             group = [socks[li_i] for socks in self.listener_socks if len(socks) > li_i]
             for s in group:
-                _set_rcvbuf(s, sw.rcvbuf)
+                udp.set_rcvbuf(s, sw.rcvbuf)
             if group:
                 self._spread(li.name, group, sw.spread)
-                self.granted[li.name] = {
-                    "rcvbuf_asked": sw.rcvbuf,
-                    "rcvbuf_granted": group[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-                    "spread": sw.spread}
+                self.granted[li.name] = udp.buffers(group[0], sw.rcvbuf, sw.spread)
 
     def refresh_kernel_counters(self) -> None:
         """The kernel's own per-socket drop counts (SO_MEMINFO), summed per listener into the
@@ -426,7 +390,7 @@ class Supervisor:
             total = 0
             for socks in self.listener_socks:
                 if li < len(socks):
-                    total += socket_drops(socks[li])
+                    total += udp.socket_drops(socks[li])
             row[K.OFF_OVERFLOW + li] = max(int(row[K.OFF_OVERFLOW + li]), total)
 
     # ----------------------------------------------------------------------- children
@@ -734,7 +698,7 @@ class Supervisor:
         row = self.counters.row(self.own_row)
         for socks in self.listener_socks:
             for s in socks:
-                row[K.H_DRAIN_LEFT] += _discard(s)
+                row[K.H_DRAIN_LEFT] += udp.discard(s)
         self.refresh_kernel_counters()
         for e in self.egress.values():
             code = None
@@ -751,75 +715,6 @@ class Supervisor:
         os.close(self._wake_r)
         os.close(self._wake_w)
         return 0 if ok else 1
-
-
-# --------------------------------------------------------------------------- socket helpers
-
-def _set_rcvbuf(s: socket.socket, size: int) -> None:
-    # A deep receive queue is what absorbs bursts, reloads and worker restarts without loss.
-    # SO_RCVBUFFORCE (root / CAP_NET_ADMIN) passes net.core.rmem_max; else we get the cap.
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def socket_drops(s: socket.socket) -> int:
-    """The kernel's count of datagrams this socket dropped (sk_drops, via SO_MEMINFO)."""
-    try:
-        raw = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
-    except OSError:
-        return 0
-    return struct.unpack("9I", raw[:36])[SK_MEMINFO_DROPS]
-
-
-def attach_random_spread(s: socket.socket, n: int) -> None:
-    """A classic BPF reuseport program: every datagram goes to socket random() % n of the group
-    (the sockets in bind order: worker i's socket is index i)."""
-    import ctypes
-
-    SKF_AD_OFF, SKF_AD_RANDOM = -0x1000, 56
-    prog = [
-        (0x20, 0, 0, (SKF_AD_OFF + SKF_AD_RANDOM) & 0xFFFFFFFF),   # ld  #random
-        (0x94, 0, 0, n),                                            # mod #n
-        (0x16, 0, 0, 0),                                            # ret a
-    ]
-    code = b"".join(struct.pack("HBBI", *ins) for ins in prog)
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
-    s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
-
-
-def _check_not_served(li) -> None:
-    """Refuse a listen address another process already serves: bind a probe socket without
-    SO_REUSEPORT; it fails when any socket holds the address."""
-    probe = socket.socket(li.family, socket.SOCK_DGRAM)
-    try:
-        if li.family == socket.AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        probe.bind((li.host, li.port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise OSError(exc.errno, f"listener {li.name!r}: {li.host}:{li.port} is already "
-                          "served by another process (another hepfast?). Stop it, change "
-                          "listeners.listen, or start with --allow-shared-port to share the "
-                          "port on purpose") from None
-        raise OSError(exc.errno, f"listener {li.name!r}: cannot bind {li.host}:{li.port}: "
-                      f"{exc.strerror}") from None
-    finally:
-        probe.close()
-
-
-def _discard(s: socket.socket) -> int:
-    n = 0
-    while True:
-        try:
-            s.recv(65536, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return n
-        except OSError:
-            return n
-        n += 1
 
 
 def _changes(old: Compiled, new: Compiled) -> str:
