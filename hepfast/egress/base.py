@@ -43,6 +43,12 @@ class Egress(abc.ABC):
     def __init__(self, name: str) -> None:
         self.name = name
 
+    @classmethod
+    def from_settings(cls, name: str, settings: dict):
+        """Build from the destination's config keys that hepfast.plan.compile.EGRESS_SETTINGS
+        lists for this kind (a plain dict, from the plan)."""
+        return cls(name, **settings)
+
     @abc.abstractmethod
     def open(self) -> None: ...
 

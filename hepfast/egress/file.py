@@ -106,6 +106,12 @@ class FileEgress(Egress):
         self.records_failed = 0
         self.write_errors = 0
 
+    @classmethod
+    def from_settings(cls, name: str, settings: dict) -> FileEgress:
+        keep = int(settings.get("keep", 0))
+        return cls(name, settings["path"], rotate_bytes=int(settings["rotate_bytes"]),
+                   rotate_seconds=float(settings["rotate_seconds"]), keep=keep or None)
+
     # ---------------------------------------------------------------------------- contract
 
     def open(self) -> None:

@@ -34,16 +34,15 @@ def status_path(rundir: str, dest_slot: int) -> str:
 
 
 def make_egress(dest):
-    from hepfast.egress import file as _file  # noqa: F401 - registers the kinds it defines
+    """The Egress of a plan destination: its kind's from_settings(name, settings), the kind
+    found in EGRESS_KINDS (the module hepfast.egress.<transport> registers it when imported)."""
+    import importlib
+
     from hepfast.egress.base import EGRESS_KINDS
 
-    kind = EGRESS_KINDS[dest.transport]
-    s = dict(dest.settings)
-    if dest.transport == "file":
-        keep = int(s.get("keep", 0))
-        return kind(dest.name, s["path"], rotate_bytes=int(s["rotate_bytes"]),
-                    rotate_seconds=float(s["rotate_seconds"]), keep=keep or None)
-    return kind(dest.name, **s)
+    if dest.transport not in EGRESS_KINDS:
+        importlib.import_module(f"hepfast.egress.{dest.transport}")
+    return EGRESS_KINDS[dest.transport].from_settings(dest.name, dict(dest.settings))
 
 
 def main(argv: list[str]) -> int:

@@ -58,8 +58,12 @@ from hepfast.wire import chunks
 # Transports the switch implements today; the schema accepts more (hepfast/config/).
 SUPPORTED_LISTENER_TRANSPORTS = _validate.IMPLEMENTED_LISTENER_TRANSPORTS
 SUPPORTED_DESTINATION_TRANSPORTS = _validate.IMPLEMENTED_DESTINATION_TRANSPORTS
-# Destinations the worker feeds through a shared-memory ring read by an egress process.
-RING_TRANSPORTS = ("file",)
+# Destinations the worker feeds through a shared-memory ring read by an egress process, and the
+# config keys of each that its egress kind receives (hepfast.egress.base.Egress.from_settings).
+EGRESS_SETTINGS: dict[str, tuple[str, ...]] = {
+    "file": ("path", "rotate_bytes", "rotate_seconds", "keep"),
+}
+RING_TRANSPORTS = tuple(EGRESS_SETTINGS)
 _generation = itertools.count(1)
 
 assert KEY_NAMES == MATCH_KEYS, "match key order drifted from hepfast.config.Match"
@@ -238,8 +242,7 @@ def compile_config(cfg: Config) -> Compiled:
         if ring:
             # One pseudo-target, the store itself: forwarded{destination, target=path}.
             targets.append(Target("", 0, 0, d.path or d.dsn or name, 0))
-            settings = (("path", d.path), ("rotate_bytes", d.rotate_bytes),
-                        ("rotate_seconds", d.rotate_seconds), ("keep", d.keep))
+            settings = tuple((k, getattr(d, k)) for k in EGRESS_SETTINGS[d.transport])
         dests.append(DestInfo(name, d.mode, d.hep_version, d.transport, tuple(targets),
                               d.path, d.dsn, "ring" if ring else "udp",
                               d.auth_key.encode(), d.strip_auth_key,
