@@ -561,7 +561,7 @@ cdef class Worker:
             return -1
         if d.auth_mode and version == 3:
             # The destination's own auth key (or none) on top of the rule's rewrite.
-            if hep_parse(dst, n, &p2) != R_OK:
+            if hep_parse_lim(dst, n, &p2, HEP_UNCAPPED) != R_OK:
                 return -1
             n2 = hep_build_v3(dst, &p2, d.auth_blob if d.auth_mode == AUTH_SET else NULL,
                               d.auth_len if d.auth_mode == AUTH_SET else 0, &auth_key, 1,
@@ -572,7 +572,7 @@ cdef class Worker:
             self.scratch_pos += n + n2
             return n2
         if version == 2:
-            if hep_parse(dst, n, &p2) != R_OK:
+            if hep_parse_lim(dst, n, &p2, HEP_UNCAPPED) != R_OK:
                 return -1
             n2 = hep_build_v2(dst, &p2, dst + n, cap - n)
             if n2 < 0:
