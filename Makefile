@@ -16,7 +16,7 @@ debug: deps
 	HEPFAST_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 
 lint:
-	ruff check hepfast tests bench
+	ruff check hepfast tests bench fuzz
 	cython-lint --max-line-length 100 ext/*/*.pyx ext/*/*.pxd
 
 test: build lint

@@ -11,7 +11,8 @@ Pure data: no imports from the rest of hepfast (the worker process and the build
 from __future__ import annotations
 
 # --- why a datagram is refused before routing: hepfast_packets_invalid_total{reason} ----------
-# 0..5 are the codec's own results (hep_parse); the rest are decided by the worker.
+# short..version and chunks are the codec's own results (hep_parse_lim); auth and acl are
+# decided by the worker.
 INVALID_NAMES = (
     "ok", "short", "magic", "length", "chunk", "version", "auth", "acl", "chunks",
 )
