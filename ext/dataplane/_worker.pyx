@@ -72,7 +72,6 @@ cdef struct target_t:
     int fd                      # E_UDP: connected socket (owned by the caller)
     int slot                    # target counter slot
     int dslot                   # its destination's counter slot
-    uint32_t meta               # E_RING: index of the target within its destination
     Py_ssize_t max_len          # largest datagram this target can carry
     uint64_t seed
     int64_t down_until
@@ -86,6 +85,7 @@ cdef struct target_t:
 
 
 cdef struct dest_t:
+    int egress                  # E_UDP or E_RING
     int mode
     int version
     int tstart
@@ -306,6 +306,7 @@ cdef class Worker:
                 if not 0 <= d.slot < MAX_DEST_SLOTS:
                     raise ValueError(f"destination slot {d.slot} out of range")
                 nb.dests[i].mode = d.mode
+                nb.dests[i].egress = d.egress
                 nb.dests[i].version = d.hep_version
                 nb.dests[i].tstart = t
                 nb.dests[i].tcount = len(d.targets)
@@ -327,7 +328,6 @@ cdef class Worker:
                     nb.targets[t].kind = d.egress
                     nb.targets[t].slot = tg.slot
                     nb.targets[t].dslot = d.slot
-                    nb.targets[t].meta = j
                     nb.targets[t].seed = tg.seed
                     nb.targets[t].max_len = MAX_UDP6 if tg.family == AF_INET6 else MAX_UDP4
                     nb.targets[t].check_err = d.mode == M_FAILOVER or (
@@ -346,14 +346,16 @@ cdef class Worker:
                             nb.targets[t].msgs[k].msg_hdr.msg_iov = &nb.targets[t].iov[k]
                             nb.targets[t].msgs[k].msg_hdr.msg_iovlen = 1
                     elif d.egress == E_RING:
+                        # One producer handle per ring: the destination's first target holds it.
                         nb.targets[t].fd = -1
-                        if rings[t] is None:
-                            raise ValueError(f"target {tg.configured}: no ring")
-                        base = <void *>_ptr(rings[t], True)
-                        refs.append(rings[t])
-                        if hep_ring_attach(&nb.targets[t].ring, base, len(rings[t])) != 0:
-                            raise ValueError(f"target {tg.configured}: not a formatted ring")
                         nb.targets[t].max_len = SLOT_BYTES
+                        if j == 0:
+                            if rings[t] is None:
+                                raise ValueError(f"destination {d.name}: no ring")
+                            base = <void *>_ptr(rings[t], True)
+                            refs.append(rings[t])
+                            if hep_ring_attach(&nb.targets[t].ring, base, len(rings[t])) != 0:
+                                raise ValueError(f"destination {d.name}: not a formatted ring")
                     else:
                         raise ValueError(f"destination {d.name}: unknown egress {d.egress}")
                     t += 1
@@ -393,8 +395,9 @@ cdef class Worker:
     def ring_used(self):
         """Bytes in flight per ring target of the bound plan ({target slot: bytes})."""
         cdef int i
-        return {self.b.targets[i].slot: hep_ring_used(&self.b.targets[i].ring)
-                for i in range(self.b.ntargets) if self.b.targets[i].kind == E_RING}
+        return {self.b.targets[self.b.dests[i].tstart].slot:
+                hep_ring_used(&self.b.targets[self.b.dests[i].tstart].ring)
+                for i in range(self.b.ndests) if self.b.dests[i].egress == E_RING}
 
     # ------------------------------------------------------------------ hot path
 
@@ -469,20 +472,9 @@ cdef class Worker:
 
     cdef inline void _queue(self, int ti, const uint8_t *data, Py_ssize_t n) noexcept nogil:
         cdef target_t *t = &self.b.targets[ti]
-        cdef int rc
         self.ctr[H_COPIES] += 1
         if n > t.max_len:
             self._ddrop(t.dslot, D_TOO_BIG, 1)
-            return
-        if t.kind == E_RING:
-            rc = hep_ring_push(&t.ring, data, <uint32_t>n, t.meta)
-            if rc == 0:
-                t.ring_dirty = 1
-                self.ctr[OFF_QUEUED + t.slot] += 1
-            elif rc == HEP_RING_TOO_BIG:
-                self._ddrop(t.dslot, D_TOO_BIG, 1)
-            else:
-                self._ddrop(t.dslot, D_QUEUE_FULL, 1)
             return
         if t.down_until > self.now:
             # Known down (refused within DOWN_NS): counted, not sent. The first copy after
@@ -610,15 +602,42 @@ cdef class Worker:
             self._ddrop(d.slot, D_UNCONVERTIBLE if n == -2 else D_TOO_BIG,
                         1 if d.mode != M_ALL else d.tcount)
             return
-        if d.mode == M_ALL:
-            for i in range(d.tstart, d.tstart + d.tcount):
-                self._queue(i, data, n)
-            return
         if d.mode == M_HASH and d.tcount > 1 and not have_key[0]:
             # Only a choice between targets needs the call key (it may scan the SIP headers).
             key[0] = sample_key(p, buf)
             have_key[0] = 1
+        if d.egress == E_RING:
+            self._queue_ring(d, data, n, key[0])
+            return
+        if d.mode == M_ALL:
+            for i in range(d.tstart, d.tstart + d.tcount):
+                self._queue(i, data, n)
+            return
         self._queue(self._pick(d, key[0], now), data, n)
+
+    cdef inline void _queue_ring(self, dest_t *d, const uint8_t *data, Py_ssize_t n,
+                                 uint64_t key) noexcept nogil:
+        """One record per packet and ring-fed destination (its first target's ring handle is
+        the destination's ring): the egress process applies the mode among its targets, whose
+        health it knows; meta carries the low 32 bits of the call key's hash for hash mode.
+        Copies counted as the destination's mode makes them (all: one per target)."""
+        cdef target_t *t = &self.b.targets[d.tstart]
+        cdef uint64_t copies = 1
+        cdef uint32_t meta = 0
+        cdef int rc
+        if d.mode == M_ALL:
+            copies = <uint64_t>d.tcount
+        elif d.mode == M_HASH:
+            meta = <uint32_t>(key & <uint64_t>0xFFFFFFFF)
+        self.ctr[H_COPIES] += copies
+        rc = hep_ring_push(&t.ring, data, <uint32_t>n, meta)
+        if rc == 0:
+            t.ring_dirty = 1
+            self.ctr[OFF_QUEUED + t.slot] += copies
+        elif rc == HEP_RING_TOO_BIG:
+            self._ddrop(d.slot, D_TOO_BIG, copies)
+        else:
+            self._ddrop(d.slot, D_QUEUE_FULL, copies)
 
     cdef inline int _allowed(self, listener_t *lst, sockaddr_storage *sa) noexcept nogil:
         cdef uint64_t hi, lo

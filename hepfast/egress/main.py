@@ -6,6 +6,13 @@ GENERATION (hepfast.plan.format), finds its destination by counter slot, attache
 every worker (hepfast.dataplane.rundir ring files) and runs hepfast.egress.process.run_egress
 with the destination's Egress kind (hepfast.egress.base.EGRESS_KINDS).
 
+What a record is: one packet for this destination, exactly as the rule made it (one record per
+packet even when the destination has several targets: the egress process applies the
+destination's mode among its targets, since it knows their health). The record's meta is the
+low 32 bits of the call key's hash when the mode is "hash" (rendezvous over the targets that are
+up keeps a call together), else 0. The workers counted the copies as the mode makes them ("all":
+one per target) in OFF_QUEUED of the destination's first target slot.
+
 Counting, in the counter block's row ROW (its own: one writer): what the store accepted goes to
 OFF_FORWARDED of the destination's target slot (the workers counted OFF_QUEUED when the copy
 entered the ring), what it refused to OFF_SEND_ERR and the destination's send_error drop; the
@@ -74,6 +81,7 @@ def main(argv: list[str]) -> int:
     row[K.H_GENERATION] = gen
     row[K.H_STATE] = 1
     drop_err = K.OFF_DEST_DROP + dest.slot * K.N_DROP + K.DROP["send_error"]
+    drop_full = K.OFF_DEST_DROP + dest.slot * K.N_DROP + K.DROP["queue_full"]
     last_status = [0.0]
 
     def write_status(force: bool = False) -> None:
@@ -101,13 +109,17 @@ def main(argv: list[str]) -> int:
         row[drop_err] += n
         row[K.OFF_LAST_ERR + tslot] = time.monotonic_ns()
 
+    def queue_full(n: int) -> None:
+        row[drop_full] += n
+
     def should_stop() -> bool:
         write_status()
         return stopping["flag"] or os.getppid() != parent
 
     from hepfast.egress.process import run_egress
 
-    run_egress(egress, rings, on_forwarded=forwarded, on_error=failed, should_stop=should_stop,
+    run_egress(egress, rings, on_forwarded=forwarded, on_error=failed, on_queue_full=queue_full,
+               should_stop=should_stop,
                drain_deadline_s=plan.drain_timeout + 1.0)
     write_status(force=True)
     row[K.H_STATE] = 3
