@@ -200,11 +200,17 @@ def _report_modules() -> None:
             f.write("\n".join(sorted(sys.modules)))
 
 
-if __name__ == "__main__":
+def run_child(entry) -> None:
+    """The end of a child process's `__main__`: run entry(argv), flush, and exit with its code
+    without unwinding the interpreter (no atexit handler of inherited state runs twice)."""
     code = 1
     try:
-        code = main(sys.argv[1:])
+        code = entry(sys.argv[1:])
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    run_child(main)

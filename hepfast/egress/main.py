@@ -32,7 +32,7 @@ import time
 
 from hepfast import constants as K
 from hepfast.dataplane import rundir as R
-from hepfast.dataplane.worker import EXIT_BOOT_ERROR, die_with_parent
+from hepfast.dataplane.worker import EXIT_BOOT_ERROR, die_with_parent, run_child
 from hepfast.plan.format import read_plan
 
 
@@ -127,10 +127,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = 1
-    try:
-        code = main(sys.argv[1:])
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+    run_child(main)
