@@ -3,6 +3,8 @@
 #
 # - the `prometheus` server (Debian package), for the tests that start a real Prometheus:
 #   installed only when `prometheus` is not on PATH.
+# - the `postgresql` server (Debian package), for the postgres destination's tests: installed
+#   only when no initdb is found.
 # - a C compiler and the Python headers (build_ext), when missing.
 # - the Python packages of pyproject.toml (run + test + build), with `python3 -m pip`, only those
 #   that do not import.
@@ -62,6 +64,21 @@ else
     fi
 fi
 
+# --- postgresql ---------------------------------------------------------------------------
+# The Debian server, for the tests of the postgres destination (each starts a throwaway cluster
+# of its own with initdb under a temporary directory; the package's own cluster is not used).
+if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then
+    say "postgresql present"
+else
+    apt_install postgresql postgresql
+    if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        say "postgresql installed"
+    else
+        say "no postgresql: the postgres destination tests will skip"
+        status=1
+    fi
+fi
+
 # --- compiler and Python headers (python3 setup.py build_ext) -----------------------------
 if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
     apt_install "C compiler" gcc libc6-dev || status=1
@@ -82,7 +99,7 @@ fi
 missing=""
 for pair in numpy:numpy msgspec:msgspec prometheus_client:prometheus-client pytest:pytest \
             hypothesis:hypothesis Cython:Cython setuptools:setuptools wheel:wheel ruff:ruff \
-            cython_lint:cython-lint; do
+            cython_lint:cython-lint psycopg:psycopg[binary]; do
     mod="${pair%%:*}"
     req="${pair#*:}"
     if [ "$mod" = "ruff" ] || [ "$mod" = "cython_lint" ]; then

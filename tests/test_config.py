@@ -372,8 +372,8 @@ CHECK_ERRORS = [
      "destinations.arch.transport: transport pcap is not supported yet"),
     (BASE + '[destinations.t]\ntargets = ["1.2.3.4:5"]\ntransport = "tls"\n',
      "destinations.t.transport: transport tls is not supported yet"),
-    (BASE + '[destinations.pg]\ntransport = "postgres"\ndsn = "postgresql://x"\n',
-     "destinations.pg.transport: transport postgres is not supported yet"),
+    (BASE + '[destinations.pg]\ntransport = "postgres"\n',
+     "destinations.pg.dsn: a postgres destination needs \"dsn\""),
     ("[switch\n", "not valid TOML"),
 ]
 

@@ -73,7 +73,14 @@ class Destination(_Base):
     mode: Literal["hash", "all", "failover", "roundrobin"] = "hash"
     hep_version: Literal[2, 3] = 3
     path: str | None = None          # file, pcap, parquet: a directory
-    dsn: str | None = None           # postgres
+    dsn: str | None = None           # postgres: "postgresql://user:password@host/db"
+    dsn_env: str | None = None       # postgres: or the environment variable holding the DSN
+    # postgres: rows per COPY transaction, the longest a row waits for one (s), rows waiting at
+    # most (more are dropped as queue_full), days of partitions kept (0: keep all).
+    batch_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
+    flush_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    queue_rows: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 200_000
+    retention_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 7
     # Ring-fed destinations (everything but udp): bytes of the shared-memory ring per worker
     # (at least 256 KiB, so that any 64 KiB packet fits).
     ring_bytes: Annotated[int, msgspec.Meta(ge=262144, le=1 << 32)] = 64 * MiB

@@ -40,7 +40,7 @@ def _check_name(path: str, name: str, what: str) -> None:
 # Transports this version implements (the schema knows more): checked first, so an operator is
 # told before anything else.
 IMPLEMENTED_LISTENER_TRANSPORTS = ("udp",)
-IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file")
+IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file", "postgres")
 
 
 def _check_implemented(cfg: Config) -> None:
@@ -79,21 +79,33 @@ def validate(cfg: Config, *, implemented: bool = False) -> None:
                     raise ConfigError(f"{p}.targets[{i}]", f"duplicate target {t!r} "
                                                            f"(also targets[{seen[hp]}])")
                 seen[hp] = i
-            for key in ("path", "dsn"):
+            for key in ("path", "dsn", "dsn_env"):
                 if getattr(d, key) is not None:
                     raise ConfigError(f"{p}.{key}", f"\"{key}\" is not used by a {d.transport} "
                                                     f"destination; remove it")
         else:
             need = "path" if d.transport in PATH_TRANSPORTS else "dsn"
-            if not getattr(d, need):
+            if need == "dsn" and d.dsn and d.dsn_env:
+                raise ConfigError(f"{p}.dsn_env", "set dsn or dsn_env (the environment variable "
+                                                  "holding the DSN), not both")
+            if need == "dsn" and d.dsn_env:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", d.dsn_env):
+                    raise ConfigError(f"{p}.dsn_env", "not an environment variable name")
+                if not os.environ.get(d.dsn_env):
+                    raise ConfigError(f"{p}.dsn_env", f"environment variable {d.dsn_env} is "
+                                                      f"not set")
+            elif not getattr(d, need):
                 raise ConfigError(f"{p}.{need}", f"a {d.transport} destination needs \"{need}\"")
+            if need == "dsn" and d.queue_rows < d.batch_rows:
+                raise ConfigError(f"{p}.queue_rows", f"queue_rows ({d.queue_rows}) must be at "
+                                                     f"least batch_rows ({d.batch_rows})")
             if d.targets:
                 raise ConfigError(f"{p}.targets", f"a {d.transport} destination has no targets; "
                                                   f"remove them")
-            other = "dsn" if need == "path" else "path"
-            if getattr(d, other) is not None:
-                raise ConfigError(f"{p}.{other}", f"\"{other}\" is not used by a {d.transport} "
-                                                  f"destination; remove it")
+            for other in (("dsn", "dsn_env") if need == "path" else ("path",)):
+                if getattr(d, other) is not None:
+                    raise ConfigError(f"{p}.{other}", f"\"{other}\" is not used by a "
+                                                      f"{d.transport} destination; remove it")
 
     if cfg.switch.default != "drop" and cfg.switch.default not in dests:
         raise ConfigError("switch.default", _unknown_dest(cfg.switch.default, dests)

@@ -22,6 +22,12 @@ it through one shared-memory ring each (hepfast.egress.ring); `run_egress`
 - `metrics()` -> {name: value}: the egress's own counters and gauges (no prefix, no labels; the
   process entry point exports them as `hepfast_egress_<name>{destination=...}`).
 - `close()` once at the end, after the final drain and `flush()`.
+- Deferred destinations (`deferred = True`: stores that commit rows later, in batches of their
+  own) keep what they take and report outcomes when they are known: the loop ignores
+  `send_batch`'s return value for them and calls `settle()` -> (forwarded, failed, queue_full)
+  after every `send_batch`, every `flush()` and after `close()`, each record of every batch
+  counted exactly once across those calls (forwarded: committed; queue_full: refused because
+  the destination's own bounded queue was full; failed: everything else).
 
 Destination kinds register in EGRESS_KINDS (kind name -> class) with `@register("kind")`.
 """
@@ -39,6 +45,7 @@ class Egress(abc.ABC):
     """One destination served by an egress process; see the module docstring."""
 
     kind: str = ""
+    deferred: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -66,6 +73,10 @@ class Egress(abc.ABC):
 
     @abc.abstractmethod
     def metrics(self) -> dict[str, float]: ...
+
+    def settle(self) -> tuple[int, int, int]:
+        """Deferred destinations: (forwarded, failed, queue_full) since the last call."""
+        return 0, 0, 0
 
 
 EGRESS_KINDS: dict[str, type[Egress]] = {}

@@ -6,7 +6,10 @@ of every ring that feeds it (one per worker). Invariants:
   others; every batch read is released right after `send_batch`, whatever it returned (the
   rings never wait for the destination: what it did not accept is counted as errors).
 - Counts: `on_forwarded(n)` with what the destination accepted, `on_error(n)` with the rest,
-  once per batch; the returned totals are the sums of the same numbers.
+  once per batch; the returned totals are the sums of the same numbers. A deferred destination
+  (hepfast.egress.base) reports later instead: what its `settle()` returns after each
+  `send_batch`, `flush()` and after `close()` goes to on_forwarded, on_error and
+  `on_queue_full` (on_error when not given).
 - Idle: when a whole pass finds every ring empty, the destination is flushed and the loop
   sleeps, starting at `idle_sleep_s` and doubling up to `max_idle_sleep_s`; any record resets
   it. No wake-up channel: workers publish per batch, so the latency cost is at most one sleep.
@@ -40,6 +43,7 @@ def _never() -> bool:
 def run_egress(egress: Egress, rings: Sequence[Ring], *,
                on_forwarded: Callable[[int], None] = _nothing,
                on_error: Callable[[int], None] = _nothing,
+               on_queue_full: Callable[[int], None] | None = None,
                should_stop: Callable[[], bool] = _never,
                idle_sleep_s: float = 0.005, max_idle_sleep_s: float = 0.010,
                batch_records: int = 1024, drain_deadline_s: float = 5.0,
@@ -47,8 +51,25 @@ def run_egress(egress: Egress, rings: Sequence[Ring], *,
                monotonic: Callable[[], float] = time.monotonic) -> dict[str, int]:
     """Serve `rings` into `egress` until `should_stop()`, then drain and close. Returns totals:
     forwarded, errors, batches, drained (records moved after the stop), left_bytes (still in
-    the rings when the drain ended)."""
-    totals = {"forwarded": 0, "errors": 0, "batches": 0, "drained": 0, "left_bytes": 0}
+    the rings when the drain ended); queue_full (deferred destinations)."""
+    totals = {"forwarded": 0, "errors": 0, "batches": 0, "drained": 0, "left_bytes": 0,
+              "queue_full": 0}
+    deferred = bool(getattr(egress, "deferred", False))
+    full_cb = on_error if on_queue_full is None else on_queue_full
+
+    def settle() -> None:
+        if not deferred:
+            return
+        fwd, err, full = (max(0, int(v)) for v in egress.settle())
+        totals["forwarded"] += fwd
+        totals["errors"] += err
+        totals["queue_full"] += full
+        if fwd:
+            on_forwarded(fwd)
+        if err:
+            on_error(err)
+        if full:
+            full_cb(full)
 
     def one_pass() -> int:
         moved = 0
@@ -66,15 +87,18 @@ def run_egress(egress: Egress, rings: Sequence[Ring], *,
                 on_error(count)
                 raise
             ring.release(batch)
-            sent = max(0, min(int(sent), count))
             totals["batches"] += 1
+            moved += count
+            if deferred:
+                settle()
+                continue
+            sent = max(0, min(int(sent), count))
             totals["forwarded"] += sent
             if sent:
                 on_forwarded(sent)
             if count - sent:
                 totals["errors"] += count - sent
                 on_error(count - sent)
-            moved += count
         return moved
 
     egress.open()
@@ -85,6 +109,7 @@ def run_egress(egress: Egress, rings: Sequence[Ring], *,
                 pause = idle_sleep_s
                 continue
             egress.flush()
+            settle()
             sleep(pause)
             pause = min(pause * 2, max_idle_sleep_s)
         deadline = monotonic() + drain_deadline_s
@@ -97,4 +122,5 @@ def run_egress(egress: Egress, rings: Sequence[Ring], *,
         egress.flush()
     finally:
         egress.close()
+        settle()
     return totals

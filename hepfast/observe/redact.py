@@ -86,6 +86,10 @@ def secrets_of(cfg, environ=None) -> list[str]:
                         found.append(pw)
                 elif key == "token_env" and isinstance(v, str) and v and env.get(v):
                     found.append(env[v])
+                elif key == "dsn_env" and isinstance(v, str) and v and env.get(v):
+                    pw = dsn_password(env[v])
+                    if pw:
+                        found.append(pw)
                 else:
                     walk(v)
         elif isinstance(obj, (list, tuple)):

@@ -62,6 +62,7 @@ SUPPORTED_DESTINATION_TRANSPORTS = _validate.IMPLEMENTED_DESTINATION_TRANSPORTS
 # config keys of each that its egress kind receives (hepfast.egress.base.Egress.from_settings).
 EGRESS_SETTINGS: dict[str, tuple[str, ...]] = {
     "file": ("path", "rotate_bytes", "rotate_seconds", "keep"),
+    "postgres": ("dsn", "dsn_env", "batch_rows", "flush_seconds", "queue_rows", "retention_days"),
 }
 RING_TRANSPORTS = tuple(EGRESS_SETTINGS)
 _generation = itertools.count(1)
@@ -222,6 +223,19 @@ def check_limits(cfg: Config) -> None:
                                                     f"at most {K.MAX_SKIP}")
 
 
+def _dsn_label(dsn: str | None, env: str | None) -> str:
+    """How a postgres store is named in counters and /status: its DSN without the password
+    (or `$VAR` for dsn_env)."""
+    if env:
+        return f"${env}"
+    if not dsn:
+        return ""
+    from hepfast.observe.redact import dsn_password, mask_secrets
+
+    pw = dsn_password(dsn)
+    return mask_secrets(dsn.replace(pw, "***") if pw else dsn)
+
+
 def compile_config(cfg: Config) -> Compiled:
     """Compile a validated Config. Raises ConfigError for what validation cannot know: limits of
     the data plane, and host names that do not resolve."""
@@ -241,7 +255,7 @@ def compile_config(cfg: Config) -> Compiled:
         settings: tuple = ()
         if ring:
             # One pseudo-target, the store itself: forwarded{destination, target=path}.
-            targets.append(Target("", 0, 0, d.path or d.dsn or name, 0))
+            targets.append(Target("", 0, 0, d.path or _dsn_label(d.dsn, d.dsn_env) or name, 0))
             settings = tuple((k, getattr(d, k)) for k in EGRESS_SETTINGS[d.transport])
         dests.append(DestInfo(name, d.mode, d.hep_version, d.transport, tuple(targets),
                               d.path, d.dsn, "ring" if ring else "udp",

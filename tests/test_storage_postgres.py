@@ -1,0 +1,407 @@
+"""The `postgres` destination against a real PostgreSQL server (tests/pghelper.py: a throwaway
+cluster on a loopback port): the corpus through `hepfast run` into the HOMER 7 tables,
+connection kills and a server restart without loss or duplicates, homer-app's call lookup,
+and the egress's own behaviour (queue bound, retried batches, retention, the DSN's secrecy)."""
+from __future__ import annotations
+
+import collections
+import json
+import mmap
+import time
+import urllib.request
+
+import pytest
+
+from hepfast.config import ConfigError
+from hepfast.egress import homer7 as H
+from tests.conftest import corpus_names, load_corpus
+from tests.pghelper import PASSWORD, pg_db, pg_server, wait_for  # noqa: F401 - the fixtures
+from tests.switchhelp import SwitchProcess, check_accounting
+
+# The JSON keys heplify-server writes (database/header.go: makeProtoHeader, makeRTCDataHeader,
+# and the default SIP header list of database.go buildTemplate), written out here on purpose:
+# the mapping must match them, not its own constants.
+HEPLIFY_PROTOCOL_KEYS = {"protocolFamily", "protocol", "srcIp", "dstIp", "srcPort", "dstPort",
+                         "timeSeconds", "timeUseconds", "payloadType", "captureId",
+                         "correlation_id"}
+HEPLIFY_SIP_KEYS = {"ruri_user", "ruri_domain", "from_user", "from_tag", "to_user", "to_tag",
+                    "callid", "cseq", "method", "user_agent"}
+HEPLIFY_RTC_KEYS = {"node", "proto"}
+TABLE_OF_APP = {"SIP": "hep_proto_1_call", "LOG": "hep_proto_100_default",
+                "JSON/RTCP": "hep_proto_5_default"}
+
+
+def corpus_pairs() -> list[tuple[bytes, dict]]:
+    out = [pair for n in corpus_names() for pair in load_corpus(n)]
+    if not out:
+        pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
+    return out
+
+
+def config(dsn: str, extra: str = "", workers: int = 1) -> str:
+    return f"""
+        [switch]
+        workers = {workers}
+        [admin]
+        listen = "127.0.0.1:0"
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        [destinations.pg]
+        transport = "postgres"
+        dsn = "{dsn}"
+        retention_days = 0
+        {extra}
+        [[rules]]
+        name = "all"
+        forward = ["pg"]
+        """
+
+
+def admin_get(sw: SwitchProcess, path: str) -> str:
+    for line in sw.stderr().splitlines():
+        if line.startswith("admin http://"):
+            base = line.split()[1].rsplit("/", 1)[0]
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                return r.read().decode()
+    raise AssertionError(sw.stderr())
+
+
+def egress_status(sw: SwitchProcess, rows: int | None = None) -> dict:
+    """The pg destination's egress status; with `rows`, once it reports that many rows
+    written (the egress process refreshes its status about once a second)."""
+    def get() -> dict:
+        doc = json.loads(admin_get(sw, "/status"))
+        return next(d for d in doc["destinations"] if d["name"] == "pg")["egress"]
+    if rows is None:
+        return get()
+    st = wait_for(lambda: (lambda e: e if e["metrics"].get("rows_written_total") == rows
+                           else None)(get()), timeout=30)
+    assert st, get()
+    return st
+
+
+TABLES = ("hep_proto_1_call", "hep_proto_1_registration", "hep_proto_1_default",
+          "hep_proto_5_default", "hep_proto_100_default")
+
+
+def count_rows(srv, db: str) -> int:
+    try:
+        with srv.connect(db) as c:
+            have = {r[0] for r in c.execute("SELECT tablename FROM pg_tables").fetchall()}
+            return sum(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                       for t in TABLES if t in have)
+    except Exception:  # noqa: BLE001 - server restarting: not yet
+        return -1
+
+
+def all_rows(srv, db: str) -> list[tuple]:
+    """(table, sid, create_date as epoch us, protocol_header, data_header, raw) of every row."""
+    out = []
+    with srv.connect(db) as c:
+        have = {r[0] for r in c.execute("SELECT tablename FROM pg_tables").fetchall()}
+        for t in TABLES:
+            if t not in have:
+                continue
+            for sid, cd, ph, dh, raw in c.execute(
+                    f"SELECT sid, (extract(epoch FROM create_date) * 1000000)::bigint, "
+                    f"protocol_header, data_header, raw FROM {t}").fetchall():
+                out.append((t, sid, cd, ph, dh, raw))
+    return out
+
+
+def expected_key(exp: dict) -> tuple:
+    """What a stored row must say about a corpus message, from tshark's decoding."""
+    v6 = exp["hep3.ip_family"] == "IPv6"
+    src = exp["hep3.source_ipv6_address" if v6 else "hep3.source_ipv4_address"]
+    dst = exp["hep3.destination_ipv6_address" if v6 else "hep3.destination_ipv4_address"]
+    app = exp["hep3.application_protocol"]
+    if app == "SIP":
+        sid = exp["sip.Call-ID"]
+        method = exp.get("sip.Method") or str(exp["sip.Status-Code"])
+    else:
+        sid = exp["hep3.correlation_id"]
+        method = None
+    ts = exp["hep3.timestamp_unix"] * 1_000_000 + exp["hep3.timestamp_microsec"]
+    return (TABLE_OF_APP[app], sid, method, src, dst, exp["hep3.source_port"],
+            exp["hep3.destination_port"], ts, str(exp["hep3.capture_node_id"]),
+            {"UDP": 17, "TCP": 6}[exp["hep3.transport_layer_protocol"]],
+            {"IPv4": 2, "IPv6": 10}[exp["hep3.ip_family"]])
+
+
+def row_key(row: tuple) -> tuple:
+    table, sid, cd, ph, dh, _raw = row
+    ts = ph["timeSeconds"] * 1_000_000 + ph["timeUseconds"]
+    assert cd == ts, (cd, ph)                      # create_date is the HEP timestamp
+    return (table, sid, dh.get("method"), ph["srcIp"], ph["dstIp"], ph["srcPort"],
+            ph["dstPort"], ts, ph["captureId"], ph["protocol"], ph["protocolFamily"])
+
+
+@pytest.fixture(scope="module")
+def stored(pg_server, tmp_path_factory):  # noqa: F811 - pytest fixture
+    """The whole corpus forwarded once through `hepfast run` into a fresh database."""
+    pairs = corpus_pairs()
+    db = pg_server.create_db()
+    tmp = tmp_path_factory.mktemp("pg")
+    sw = SwitchProcess(tmp, config(pg_server.dsn(db)), workers=1)
+    try:
+        sw.send([p for p, _ in pairs])
+        got = wait_for(lambda: count_rows(pg_server, db) >= len(pairs), timeout=60)
+        assert got, f"{count_rows(pg_server, db)} rows of {len(pairs)}\n{sw.stderr()}"
+        status = egress_status(sw, rows=len(pairs))
+        metrics = admin_get(sw, "/metrics")
+        summary = sw.stop()
+        stderr = sw.stderr()
+    finally:
+        sw.kill()
+    return {"db": db, "pairs": pairs, "summary": summary, "status": status,
+            "metrics": metrics, "stderr": stderr, "dsn": pg_server.dsn(db)}
+
+
+def test_corpus_one_row_per_message_with_the_right_values(pg_server, stored):  # noqa: F811 - pytest fixture
+    rows = all_rows(pg_server, stored["db"])
+    assert len(rows) == len(stored["pairs"])
+    assert collections.Counter(row_key(r) for r in rows) == \
+        collections.Counter(expected_key(e) for _, e in stored["pairs"])
+    # the raw column is the payload as sent
+    by_ts = {(r[3]["timeSeconds"], r[3]["timeUseconds"], r[3]["srcPort"]): r[5] for r in rows}
+    from hepfast.wire import codec
+    for p, _e in stored["pairs"][:50]:
+        d = codec.decode(p)
+        assert by_ts[(d.timestamp, d.timestamp_us, d.src_port)] == d.payload.decode()
+    # forwarded means committed: the switch counted exactly what the database has
+    s = stored["summary"]
+    fwd = {k: v for k, v in s["forwarded"].items() if k.startswith("pg/")}
+    assert list(fwd.values()) == [len(rows)]
+    check_accounting(s)
+
+
+def test_json_keys_are_heplify_servers(pg_server, stored):  # noqa: F811 - pytest fixture
+    rows = all_rows(pg_server, stored["db"])
+    for table, sid, _cd, ph, dh, _raw in rows:
+        assert set(ph) == HEPLIFY_PROTOCOL_KEYS, ph
+        assert set(dh) == (HEPLIFY_SIP_KEYS if table.startswith("hep_proto_1_")
+                           else HEPLIFY_RTC_KEYS), dh
+        if table.startswith("hep_proto_1_"):
+            assert dh["callid"] == sid and ph["correlation_id"] == sid
+            assert dh["cseq"].split()[-1] in H.CALL_METHODS
+        else:
+            assert dh["proto"] == {"hep_proto_5_default": "rtcp",
+                                   "hep_proto_100_default": "log"}[table]
+            assert dh["node"] == ph["captureId"]
+    invites = [r for r in rows if r[4].get("method") == "INVITE"]
+    assert invites and all(r[4]["from_tag"] and not r[4]["to_tag"] for r in invites[:10])
+
+
+def test_homer_app_call_lookup_returns_exactly_the_call(pg_server, stored):  # noqa: F811 - pytest fixture
+    """homer-app's search (data/service/search.go): `create_date between ? AND ?` plus
+    `data_header->>'callid' = ?` on hep_proto_1_call; and its transaction query over the call's
+    tables, `sid = ANY(ARRAY[?])`."""
+    pairs = stored["pairs"]
+    calls = collections.Counter(e["sip.Call-ID"] for _, e in pairs if "sip.Call-ID" in e)
+    cid = sorted(calls)[len(calls) // 2]
+    want = sorted(expected_key(e)[7] for _, e in pairs if e.get("sip.Call-ID") == cid)
+    ts = [e["hep3.timestamp_unix"] for _, e in pairs]
+    t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(ts) - 60))
+    t1 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(ts) + 60))
+    with pg_server.connect(stored["db"]) as c:
+        got = c.execute("SELECT protocol_header, data_header FROM hep_proto_1_call "
+                        "WHERE create_date between %s AND %s AND data_header->>'callid' = %s",
+                        (t0, t1, cid)).fetchall()
+        assert sorted(ph["timeSeconds"] * 1_000_000 + ph["timeUseconds"] for ph, _ in got) \
+            == want
+        assert {dh["callid"] for _, dh in got} == {cid}
+        logs = c.execute("SELECT sid FROM hep_proto_100_default WHERE create_date between %s "
+                         "AND %s AND sid = ANY(ARRAY[%s])", (t0, t1, cid)).fetchall()
+        assert len(logs) == sum(1 for _, e in pairs if e["hep3.application_protocol"] == "LOG"
+                                and e.get("hep3.correlation_id") == cid) >= 1
+        # outside the time range: nothing
+        assert c.execute("SELECT count(*) FROM hep_proto_1_call WHERE create_date between "
+                         "%s AND %s AND data_header->>'callid' = %s",
+                         ("2000-01-01T00:00:00Z", "2000-01-02T00:00:00Z", cid)).fetchone()[0] == 0
+
+
+def test_the_password_appears_nowhere(stored):
+    assert PASSWORD in stored["dsn"]
+    for where in ("stderr", "metrics"):
+        assert PASSWORD not in stored[where], where
+    assert PASSWORD not in json.dumps(stored["status"])
+    assert PASSWORD not in json.dumps(stored["summary"])
+    assert stored["status"]["up"] is True
+    assert stored["status"]["metrics"]["rows_written_total"] == len(stored["pairs"])
+    assert 'hepfast_egress_rows_written_total{destination="pg"}' in stored["metrics"]
+
+
+def test_tables_are_partitioned_by_hour(pg_server, stored):  # noqa: F811 - pytest fixture
+    with pg_server.connect(stored["db"]) as c:
+        parts = [r[0] for r in c.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'hep_proto_1_call' "
+            "AND c.relkind = 'r'").fetchall()]
+    hours = {time.strftime("%Y%m%d_%H00", time.gmtime(e["hep3.timestamp_unix"]))
+             for _, e in stored["pairs"] if e["hep3.application_protocol"] == "SIP"}
+    assert sorted(parts) == sorted(f"hep_proto_1_call_{h}" for h in hours)
+
+
+def test_connection_kills_and_a_restart_lose_nothing_and_duplicate_nothing(
+        pg_server, pg_db, tmp_path):  # noqa: F811 - pytest fixture
+    """Small batches; the corpus in three parts: after the first is stored every connection is
+    killed (pg_terminate_backend); the second goes in right away; then the server is restarted
+    while the third is sent. Every message is stored exactly once."""
+    pairs = corpus_pairs()
+    n = len(pairs)
+    parts = [pairs[: n // 3], pairs[n // 3: 2 * n // 3], pairs[2 * n // 3:]]
+    sw = SwitchProcess(tmp_path, config(pg_server.dsn(pg_db),
+                                        "batch_rows = 50\nflush_seconds = 0.2"), workers=1)
+    try:
+        sw.send([p for p, _ in parts[0]])
+        assert wait_for(lambda: count_rows(pg_server, pg_db) == len(parts[0]), timeout=60)
+        assert pg_server.terminate_backends(pg_db) >= 1
+        sw.send([p for p, _ in parts[1]])
+        pg_server.stop_server()
+        sw.send([p for p, _ in parts[2]])
+        time.sleep(0.5)                         # let the egress find the server gone
+        pg_server.start()
+        assert wait_for(lambda: count_rows(pg_server, pg_db) >= n, timeout=90), \
+            f"{count_rows(pg_server, pg_db)} of {n}\n{sw.stderr()}"
+        st = egress_status(sw, rows=n)
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    rows = all_rows(pg_server, pg_db)
+    assert collections.Counter(row_key(r) for r in rows) == \
+        collections.Counter(expected_key(e) for _, e in pairs)
+    m = st["metrics"]
+    assert m["connects_total"] >= 2 and m["errors_connection_total"] + \
+        m["errors_connect_total"] >= 1, m
+    assert [v for k, v in summary["forwarded"].items() if k.startswith("pg/")] == [n]
+    check_accounting(summary)
+
+
+# ------------------------------------------------------------------------- the egress alone
+
+def _ring_with(packets):
+    from hepfast.egress._ring import Ring, format_ring
+
+    mm = mmap.mmap(-1, 4096 + (1 << 22))
+    format_ring(mm, 1 << 22)
+    ring = Ring(mm)
+    for p in packets:
+        assert ring.push(p) == 0
+    ring.publish()
+    return ring
+
+
+def _feed(eg, ring, n=100000):
+    b = ring.read(n)
+    try:
+        return eg.send_batch(b)
+    finally:
+        ring.release(b)
+
+
+def test_a_batch_whose_commit_was_lost_is_not_written_twice(pg_server, pg_db):  # noqa: F811 - pytest fixture
+    """The ambiguous case: the commit reached the server but the answer did not. The batch is
+    retried; its id is found in hepfast_batches, so it is settled without a second copy."""
+    from hepfast.egress.postgres import PostgresEgress
+
+    pkts = [p for p, _ in corpus_pairs()[:30]]
+    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=30, retention_days=0)
+    eg.open()
+    _feed(eg, _ring_with(pkts))
+    assert eg.settle() == (30, 0, 0)
+    # replay the same batch as if its acknowledgement had been lost
+    from hepfast.egress.postgres import _Batch
+
+    again = _Batch(0.0)
+    with pg_server.connect(pg_db) as c:
+        bid = c.execute("SELECT batch_id FROM hepfast_batches").fetchone()[0]
+    again.id = bid
+    again.rows = 30
+    again.tables = {"hep_proto_1_call": [H.row_of(p).data for p in pkts]}
+    eg._sealed.append(again)
+    eg._waiting += 30
+    eg._unsure = again
+    eg.flush()
+    assert eg.settle() == (30, 0, 0)
+    assert eg.batches_found_committed == 1
+    assert count_rows(pg_server, pg_db) == 30
+    eg.close()
+
+
+def test_queue_bound_and_close_while_the_server_is_away(pg_server):  # noqa: F811 - pytest fixture
+    """No server (a closed port): rows wait up to queue_rows, the rest is queue_full; close()
+    counts the waiting rows as failed; health says why, without the password."""
+    from hepfast.egress.postgres import PostgresEgress
+    from tests.pghelper import _free_port
+
+    dsn = f"postgresql://hepfast:{PASSWORD}@127.0.0.1:{_free_port()}/x"
+    eg = PostgresEgress("pg", dsn, batch_rows=10, queue_rows=40, connect_timeout_s=2)
+    eg.open()
+    up, detail = eg.health()
+    assert not up and detail and PASSWORD not in detail
+    pkts = [p for p, _ in corpus_pairs()[:100]]
+    _feed(eg, _ring_with(pkts))
+    assert eg.settle() == (0, 0, 60)
+    assert eg.metrics()["queue_rows"] == 40
+    eg.close()
+    assert eg.settle() == (0, 40, 0)
+    assert eg.metrics()["errors_connect_total"] >= 1
+
+
+def test_retention_drops_old_partitions(pg_server, pg_db):  # noqa: F811 - pytest fixture
+    from hepfast.egress.postgres import PostgresEgress
+    from hepfast.wire import codec
+
+    old = time.time() - 3 * 86400
+    pkts = []
+    for p, _ in corpus_pairs()[:5]:
+        pkts.append(codec.rewrite(p, set={"timestamp": int(old)}))
+    fresh = [p for p, _ in corpus_pairs()[5:10]]
+    fresh = [codec.rewrite(p, set={"timestamp": int(time.time())}) for p in fresh]
+    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=1000, retention_days=1)
+    eg.open()
+    _feed(eg, _ring_with(pkts + fresh))
+    eg.close()
+    assert eg.settle() == (10, 0, 0)
+    assert count_rows(pg_server, pg_db) == 10
+    eg2 = PostgresEgress("pg", pg_server.dsn(pg_db), retention_days=1)
+    eg2.open()
+    eg2.flush()                                 # first flush after connecting: retention pass
+    assert eg2.partitions_dropped >= 1
+    eg2.close()
+    assert count_rows(pg_server, pg_db) == 5
+
+
+def test_config_postgres_needs_a_dsn_and_masks_it_in_labels(monkeypatch):
+    from hepfast.config import parse_config
+    from hepfast.plan.compile import compile_config
+
+    base = """
+        [[listeners]]
+        name = "a"
+        listen = "127.0.0.1:0"
+        [destinations.pg]
+        transport = "postgres"
+        {x}
+        [[rules]]
+        name = "r"
+        forward = ["pg"]
+        """
+    with pytest.raises(ConfigError, match="dsn"):
+        parse_config(base.format(x=""))
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config(base.format(x='dsn = "postgresql://u@h/d"\ndsn_env = "PGX"'))
+    with pytest.raises(ConfigError, match="queue_rows"):
+        parse_config(base.format(x='dsn = "postgresql://u@h/d"\nbatch_rows = 10\n'
+                                       'queue_rows = 5'))
+    cfg = parse_config(base.format(x=f'dsn = "postgresql://u:{PASSWORD}@h/d"'))
+    label = [t.configured for d in compile_config(cfg).destinations for t in d.targets]
+    assert label == ["postgresql://u:***@h/d"]
+    monkeypatch.setenv("HEPFAST_TEST_DSN", f"postgresql://u:{PASSWORD}@h/d")
+    cfg = parse_config(base.format(x='dsn_env = "HEPFAST_TEST_DSN"'))
+    comp = compile_config(cfg)
+    assert [t.configured for d in comp.destinations for t in d.targets] == \
+        ["$HEPFAST_TEST_DSN"]
+    from hepfast.observe.redact import secrets_of
+    assert PASSWORD in secrets_of(cfg)
