@@ -27,6 +27,12 @@ DROP = {n: i for i, n in enumerate(DROP_NAMES)}
 # Drop reasons that concern one destination (labelled with it); the others concern the packet.
 DEST_DROPS = ("queue_full", "send_error", "too_big", "unconvertible")
 
+# --- why a stream connection was closed: hepfast_connections_closed_total{reason} -------------
+CONN_CLOSE_NAMES = (
+    "eof", "error", "invalid", "too_big", "stalled", "idle", "limit", "stop",
+)
+CONN_CLOSE = {n: i for i, n in enumerate(CONN_CLOSE_NAMES)}
+
 # --- destination modes and egress kinds ---------------------------------------------------------
 MODE_NAMES = ("hash", "all", "failover", "roundrobin")
 MODE = {n: i for i, n in enumerate(MODE_NAMES)}
@@ -72,6 +78,7 @@ H_DRAIN_LEFT = 10        # datagrams left in the sockets when the drain timed ou
 HEADER = 16
 
 N_INVALID = 16           # room for INVALID_NAMES
+N_CONN = 16              # per listener: open (gauge), accepted, then closed by CONN_CLOSE_NAMES
 N_DROP = 16              # room for DROP_NAMES
 
 OFF_RECEIVED = HEADER                                    # [listener][proto_type 0..255]
@@ -86,7 +93,8 @@ OFF_LAST_ERR = OFF_SEND_ERR + MAX_TARGET_SLOTS           # [target slot] monoton
 OFF_LAST_OK = OFF_LAST_ERR + MAX_TARGET_SLOTS            # [target slot] monotonic ns, last send
 OFF_QUEUED = OFF_LAST_OK + MAX_TARGET_SLOTS              # [target slot] copies put in a ring
 OFF_LAST_ERRNO = OFF_QUEUED + MAX_TARGET_SLOTS           # [target slot] errno of the last error
-STRIDE = OFF_LAST_ERRNO + MAX_TARGET_SLOTS
+OFF_CONN = OFF_LAST_ERRNO + MAX_TARGET_SLOTS             # [listener][N_CONN] stream connections
+STRIDE = OFF_CONN + MAX_LISTENERS * N_CONN
 
 # --- rule tables (hepfast.plan.tables documents the layout) -------------------------------------
 KEY_NAMES = (
@@ -104,15 +112,17 @@ def c_enums() -> dict[str, dict[str, int]]:
     """What scripts/gen_constants.py writes into C: {enum block comment: {C name: value}}."""
     counters = {k: v for k, v in globals().items()
                 if k.isupper() and (k.startswith(("H_", "OFF_")) or k in (
-                    "HEADER", "STRIDE", "N_INVALID", "N_DROP"))}
+                    "HEADER", "STRIDE", "N_INVALID", "N_DROP", "N_CONN"))}
     limits = {k: v for k, v in globals().items()
               if k.startswith(("MAX_", "DEFAULT_MAX_")) or k == "SLOT_BYTES"}
     assert len(INVALID_NAMES) <= N_INVALID and len(DROP_NAMES) <= N_DROP
+    assert len(CONN_CLOSE_NAMES) + 2 <= N_CONN
     return {
         "invalid reasons (hepfast_packets_invalid_total)":
             {f"R_{n.upper()}": i for i, n in enumerate(INVALID_NAMES)},
         "drop reasons (hepfast_packets_dropped_total)":
             {f"D_{n.upper()}": i for i, n in enumerate(DROP_NAMES)},
+        "connection close reasons": {f"C_{n.upper()}": i for i, n in enumerate(CONN_CLOSE_NAMES)},
         "destination modes": {f"M_{n.upper()}": i for i, n in enumerate(MODE_NAMES)},
         "egress kinds": {f"E_{n.upper()}": i for i, n in enumerate(EGRESS_NAMES)},
         "capacities": limits,

@@ -24,8 +24,8 @@ Ownership and invariants:
   so copies = forwarded + dropped per destination.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memset
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memset, memmove
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EMSGSIZE
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -40,9 +40,12 @@ cimport cython
 
 from posix.uio cimport iovec
 from netsys cimport (
-    mmsghdr, sockaddr_storage, sockaddr_in, sockaddr_in6, pollfd, socklen_t,
-    recvmmsg, sendmmsg, getsockopt, poll,
-    MSG_DONTWAIT, MSG_WAITFORONE, SOL_SOCKET, SO_ERROR, AF_INET, AF_INET6, POLLIN,
+    mmsghdr, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, pollfd, socklen_t,
+    epoll_event,
+    recvmmsg, sendmmsg, getsockopt, poll, accept4, epoll_create1, epoll_ctl, epoll_wait, read,
+    close, MSG_DONTWAIT, MSG_WAITFORONE, SOL_SOCKET, SO_ERROR, SO_TYPE, SOCK_STREAM,
+    SOCK_NONBLOCK, SOCK_CLOEXEC, AF_INET, AF_INET6, POLLIN, EPOLLIN, EPOLLRDHUP, EPOLL_CTL_ADD,
+    EPOLL_CLOEXEC,
 )
 from constants cimport *    # reason codes, modes, counter layout, capacities (generated)
 from constants cimport constants
@@ -99,6 +102,12 @@ cdef struct dest_t:
 
 cdef struct listener_t:
     int fd
+    int stream                  # a TCP listening socket: accept, read, frame
+    Py_ssize_t max_message
+    int max_reads
+    int max_conns               # this worker's share of max_connections
+    int64_t message_timeout_ns
+    int64_t idle_timeout_ns
     const uint8_t *auth
     Py_ssize_t auth_len
     int has_auth
@@ -119,6 +128,28 @@ cdef struct bound_t:
     int ntargets
     listener_t listeners[MAX_LISTENERS]
     uint32_t max_chunks
+
+
+cdef struct conn_t:
+    # One accepted stream connection. buf holds bytes not yet framed; it is freed whenever it
+    # empties, so an idle connection costs this struct only.
+    int fd                      # -1: free slot
+    int li                      # its listener
+    uint8_t *buf
+    Py_ssize_t cap
+    Py_ssize_t len
+    int64_t msg_start           # when the first byte of the pending message came (0: none)
+    int reads                   # reads since then
+    int64_t last                # last data
+    sockaddr_storage peer
+
+
+cdef enum:
+    MAX_CONNS = 65536           # connection slots per worker (struct only; buffers on demand)
+    CONN_BUF0 = 8192            # first buffer of a connection; grows to the message's size
+    LISTENER_TAG = 1 << 20      # epoll data: LISTENER_TAG + listener index, else a conn slot
+    EPOLL_EVENTS = 256
+    READS_PER_EVENT = 4         # fairness: a busy connection yields after this many reads
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -202,6 +233,13 @@ cdef class Worker:
     cdef bound_t b
     cdef public int bound
     cdef public int blocking    # single listener socket in blocking mode with SO_RCVTIMEO
+    # stream listeners (TCP): one epoll set over every listener and connection
+    cdef int has_stream
+    cdef int is_stream[MAX_LISTENERS]
+    cdef int epfd
+    cdef conn_t *conns
+    cdef int conn_hi            # slots [0, conn_hi) may be in use
+    cdef int64_t next_sweep
 
     def __cinit__(self, listener_fds, int batch):
         cdef int i
@@ -237,8 +275,43 @@ cdef class Worker:
             self.rmsgs[i].msg_hdr.msg_controllen = 0
         self.rdirty = batch
         self.bound = 0
+        self.epfd = -1
+        self._setup_streams()
+
+    cdef int _setup_streams(self) except -1:
+        cdef int i, typ = 0
+        cdef socklen_t ln
+        cdef epoll_event ev
+        for i in range(self.nlisteners):
+            ln = sizeof(int)
+            if getsockopt(self.listener_fds[i], SOL_SOCKET, SO_TYPE, &typ, &ln) == 0:
+                self.is_stream[i] = typ == SOCK_STREAM
+            self.has_stream |= self.is_stream[i]
+        if not self.has_stream:
+            return 0
+        self.conns = <conn_t *>calloc(MAX_CONNS, sizeof(conn_t))
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.conns == NULL or self.epfd < 0:
+            raise MemoryError("cannot set up the stream listeners (epoll, connection table)")
+        for i in range(MAX_CONNS):
+            self.conns[i].fd = -1
+        for i in range(self.nlisteners):
+            ev.events = EPOLLIN
+            ev.data.u64 = LISTENER_TAG + i
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.listener_fds[i], &ev) != 0:
+                raise OSError("epoll_ctl failed on a listener")
+        return 0
 
     def __dealloc__(self):
+        cdef int i
+        if self.conns != NULL:
+            for i in range(self.conn_hi):
+                if self.conns[i].fd >= 0:
+                    close(self.conns[i].fd)
+                free(self.conns[i].buf)
+            free(self.conns)
+        if self.epfd >= 0:
+            close(self.epfd)
         _free_bound(&self.b)
         free(self.arena)
         free(self.rmsgs)
@@ -368,6 +441,17 @@ cdef class Worker:
             for i in range(self.nlisteners):
                 lt = plan.listeners[i]
                 nb.listeners[i].fd = self.listener_fds[i]
+                nb.listeners[i].stream = 1 if getattr(lt, "stream", False) else 0
+                if nb.listeners[i].stream != self.is_stream[i]:
+                    raise ValueError(f"listener {lt.name}: the plan says "
+                                     f"{'tcp' if nb.listeners[i].stream else 'udp'}, the "
+                                     "socket is not")
+                if nb.listeners[i].stream:
+                    nb.listeners[i].max_message = int(lt.max_message)
+                    nb.listeners[i].max_reads = int(lt.max_reads)
+                    nb.listeners[i].max_conns = min(int(lt.max_connections), MAX_CONNS)
+                    nb.listeners[i].message_timeout_ns = int(lt.message_timeout * 1e9)
+                    nb.listeners[i].idle_timeout_ns = int(lt.idle_timeout * 1e9)
                 key = bytes(lt.auth_key)
                 nb.listeners[i].has_auth = 1 if key else 0
                 if key:
@@ -664,83 +748,324 @@ cdef class Worker:
         return ct_equal(buf + p.auth_off, lst.auth, lst.auth_len)
 
     cdef void _process(self, int li, int nmsg) noexcept nogil:
-        cdef int i, rc, forwarded
+        cdef int i
+        self.now = now_ns()
+        self.ctr[H_DATAGRAMS] += nmsg
+        for i in range(nmsg):
+            self._one(li, self.arena + <Py_ssize_t>i * SLOT_BYTES, self.rmsgs[i].msg_len,
+                      &self.raddr[i], 1)
+
+    cdef void _one(self, int li, const uint8_t *buf, Py_ssize_t n, sockaddr_storage *sa,
+                   int check_acl) noexcept nogil:
+        """One HEP message from listener li: checks, rules, egress. Its bytes (buf) must stay
+        until the next _flush_all()."""
+        cdef int rc, forwarded
         cdef Py_ssize_t r, j
-        cdef const uint8_t *buf
         cdef hep_pkt p
         cdef listener_t *lst = &self.b.listeners[li]
         cdef uint64_t key = 0
         cdef int have_key
-        cdef int64_t now = now_ns()
+        cdef int64_t now = self.now
         cdef const uint8_t *built[2]
         cdef Py_ssize_t built_len[2]
         cdef uint32_t flags
         cdef sip_info si
         cdef const sip_info *sip
-        self.now = now
-        self.ctr[H_DATAGRAMS] += nmsg
-        for i in range(nmsg):
-            buf = self.arena + <Py_ssize_t>i * SLOT_BYTES
-            # Who may send is decided before what they sent: a refused source is "acl" whatever
-            # its packet holds.
-            if lst.nallow and not self._allowed(lst, &self.raddr[i]):
-                self.ctr[OFF_INVALID + li * N_INVALID + R_ACL] += 1
+        # Who may send is decided before what they sent: a refused source is "acl" whatever
+        # its packet holds (stream connections are checked once, at accept).
+        if check_acl and lst.nallow and not self._allowed(lst, sa):
+            self.ctr[OFF_INVALID + li * N_INVALID + R_ACL] += 1
+            return
+        rc = hep_parse_lim(buf, n, &p, self.b.max_chunks)
+        if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, &p):
+            rc = R_AUTH
+        if rc != R_OK:
+            self.ctr[OFF_INVALID + li * N_INVALID + rc] += 1
+            return
+        self.ctr[OFF_RECEIVED + li * 256 + p.proto_type] += 1
+        have_key = 0
+        forwarded = 0
+        sip = NULL
+        if self.b.rt.needs_sip and pkt_is_sip(&p):
+            if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
+                sip = &si
+        r = 0
+        while r < self.b.nrules:
+            if not rule_match(&self.b.rt, r, &p, buf, li, sip):
+                r += 1
                 continue
-            rc = hep_parse_lim(buf, self.rmsgs[i].msg_len, &p, self.b.max_chunks)
-            if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, &p):
-                rc = R_AUTH
-            if rc != R_OK:
-                self.ctr[OFF_INVALID + li * N_INVALID + rc] += 1
-                continue
-            self.ctr[OFF_RECEIVED + li * 256 + p.proto_type] += 1
-            have_key = 0
-            forwarded = 0
-            sip = NULL
-            if self.b.rt.needs_sip and pkt_is_sip(&p):
-                if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
-                    sip = &si
-            r = 0
-            while r < self.b.nrules:
-                if not rule_match(&self.b.rt, r, &p, buf, li, sip):
-                    r += 1
-                    continue
-                flags = self.b.rt.flags[r]
-                self.ctr[OFF_RULE + self.b.rule_slot[r]] += 1
-                if flags & RF_HAS_SAMPLE:
-                    if not have_key:
-                        key = sample_key(&p, buf)
-                        have_key = 1
-                    if not rule_sample_keep(&self.b.rt, r, True, key):
-                        if not forwarded:
-                            self._drop(D_SAMPLE, 1)
-                            forwarded = -1
-                        break
-                if flags & RF_DROP:
+            flags = self.b.rt.flags[r]
+            self.ctr[OFF_RULE + self.b.rule_slot[r]] += 1
+            if flags & RF_HAS_SAMPLE:
+                if not have_key:
+                    key = sample_key(&p, buf)
+                    have_key = 1
+                if not rule_sample_keep(&self.b.rt, r, True, key):
                     if not forwarded:
-                        self._drop(D_RULE, 1)
+                        self._drop(D_SAMPLE, 1)
                         forwarded = -1
                     break
+            if flags & RF_DROP:
+                if not forwarded:
+                    self._drop(D_RULE, 1)
+                    forwarded = -1
+                break
+            built_len[0] = 0
+            built_len[1] = 0
+            for j in range(self.b.rt.fwd_start[r],
+                           self.b.rt.fwd_start[r] + self.b.rt.fwd_count[r]):
+                self._forward(buf, &p, r, self.b.rt.fwd[j], &key, &have_key, now,
+                              built, built_len)
+            forwarded = 1
+            if not (flags & RF_CONTINUE):
+                break
+            r += 1
+        if forwarded == 0:
+            if self.b.default_dest >= 0:
                 built_len[0] = 0
                 built_len[1] = 0
-                for j in range(self.b.rt.fwd_start[r],
-                               self.b.rt.fwd_start[r] + self.b.rt.fwd_count[r]):
-                    self._forward(buf, &p, r, self.b.rt.fwd[j], &key, &have_key, now,
-                                  built, built_len)
+                self._forward(buf, &p, -1, self.b.default_dest, &key, &have_key, now,
+                              built, built_len)
                 forwarded = 1
-                if not (flags & RF_CONTINUE):
-                    break
-                r += 1
-            if forwarded == 0:
-                if self.b.default_dest >= 0:
-                    built_len[0] = 0
-                    built_len[1] = 0
-                    self._forward(buf, &p, -1, self.b.default_dest, &key, &have_key, now,
-                                  built, built_len)
-                    forwarded = 1
+            else:
+                self._drop(D_NO_ROUTE, 1)
+        if forwarded == 1:
+            self.ctr[H_ROUTED] += 1
+
+    # ------------------------------------------------------------------ stream listeners
+
+    cdef inline uint64_t *_cc(self, int li, int what) noexcept nogil:
+        return &self.ctr[OFF_CONN + li * N_CONN + what]
+
+    cdef void _close(self, int ci, int reason) noexcept nogil:
+        cdef conn_t *c = &self.conns[ci]
+        if c.fd < 0:
+            return
+        close(c.fd)                 # also leaves the epoll set
+        free(c.buf)
+        c.buf = NULL
+        c.fd = -1
+        c.cap = c.len = 0
+        self._cc(c.li, 0)[0] -= 1
+        self._cc(c.li, 2 + reason)[0] += 1
+
+    cdef void _accept(self, int li) noexcept nogil:
+        cdef listener_t *lst = &self.b.listeners[li]
+        cdef sockaddr_storage sa
+        cdef socklen_t alen
+        cdef int fd, ci, _k
+        cdef epoll_event ev
+        for _k in range(64):
+            alen = sizeof(sockaddr_storage)
+            fd = accept4(self.listener_fds[li], <sockaddr *>&sa, &alen,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                return              # EAGAIN (or an aborted connection): nothing more now
+            self._cc(li, 1)[0] += 1
+            if lst.nallow and not self._allowed(lst, &sa):
+                close(fd)
+                self.ctr[H_DATAGRAMS] += 1
+                self.ctr[OFF_INVALID + li * N_INVALID + R_ACL] += 1
+                self._cc(li, 2 + C_INVALID)[0] += 1
+                continue
+            ci = -1
+            if <int64_t>self._cc(li, 0)[0] < lst.max_conns:
+                for ci in range(MAX_CONNS):
+                    if self.conns[ci].fd < 0:
+                        break
                 else:
-                    self._drop(D_NO_ROUTE, 1)
-            if forwarded == 1:
-                self.ctr[H_ROUTED] += 1
+                    ci = -1
+            if ci < 0:
+                close(fd)
+                self._cc(li, 2 + C_LIMIT)[0] += 1
+                continue
+            self.conns[ci].fd = fd
+            self.conns[ci].li = li
+            self.conns[ci].len = 0
+            self.conns[ci].msg_start = 0
+            self.conns[ci].reads = 0
+            self.conns[ci].last = self.now
+            self.conns[ci].peer = sa
+            ev.events = EPOLLIN | EPOLLRDHUP
+            ev.data.u64 = ci
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+                close(fd)
+                self.conns[ci].fd = -1
+                self._cc(li, 2 + C_ERROR)[0] += 1
+                continue
+            self._cc(li, 0)[0] += 1
+            if ci >= self.conn_hi:
+                self.conn_hi = ci + 1
+
+    cdef int _grow(self, conn_t *c, Py_ssize_t need) noexcept nogil:
+        cdef Py_ssize_t cap = CONN_BUF0 if c.cap == 0 else c.cap
+        cdef uint8_t *nb
+        while cap < need:
+            cap *= 2
+        if cap == c.cap:
+            return 0
+        nb = <uint8_t *>realloc(c.buf, cap)
+        if nb == NULL:
+            return -1
+        c.buf = nb
+        c.cap = cap
+        return 0
+
+    cdef void _read(self, int ci) noexcept nogil:
+        """Read what a connection has, frame it by the HEPv3 length field, process every whole
+        message. Bad framing closes this connection only; the others are untouched."""
+        cdef conn_t *c = &self.conns[ci]
+        cdef listener_t *lst = &self.b.listeners[c.li]
+        cdef Py_ssize_t pos, ln, want
+        cdef ssize_t r
+        cdef int _k, li = c.li
+        cdef const uint8_t *q
+        for _k in range(READS_PER_EVENT):
+            if c.len == c.cap and self._grow(c, c.cap + 1 if c.cap else CONN_BUF0) != 0:
+                self._close(ci, C_ERROR)
+                return
+            r = read(c.fd, c.buf + c.len, c.cap - c.len)
+            if r == 0:
+                self._close(ci, C_EOF)
+                return
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    return
+                self._close(ci, C_ERROR)
+                return
+            c.len += r
+            c.last = self.now
+            if c.msg_start == 0:
+                c.msg_start = self.now
+            c.reads += 1
+            pos = 0
+            while c.len - pos >= 6:
+                q = c.buf + pos
+                if not (q[0] == 0x48 and q[1] == 0x45 and q[2] == 0x50 and q[3] == 0x33):
+                    # HEPv1/v2 carry no total length: on a stream they cannot be framed.
+                    # (A refused message counts as one read, valid or not, like a datagram.)
+                    self.ctr[H_DATAGRAMS] += 1
+                    self.ctr[OFF_INVALID + li * N_INVALID +
+                             (R_VERSION if q[0] == 1 or q[0] == 2 else R_MAGIC)] += 1
+                    self._flush_all()
+                    self._close(ci, C_INVALID)
+                    return
+                ln = (<Py_ssize_t>q[4] << 8) | q[5]
+                if ln < 6:
+                    self.ctr[H_DATAGRAMS] += 1
+                    self.ctr[OFF_INVALID + li * N_INVALID + R_LENGTH] += 1
+                    self._flush_all()
+                    self._close(ci, C_INVALID)
+                    return
+                if ln > lst.max_message:
+                    self.ctr[H_DATAGRAMS] += 1
+                    self.ctr[OFF_INVALID + li * N_INVALID + R_LENGTH] += 1
+                    self._flush_all()
+                    self._close(ci, C_TOO_BIG)
+                    return
+                if c.len - pos < ln:
+                    want = pos + ln
+                    if want > c.cap and pos == 0 and self._grow(c, want) != 0:
+                        self._close(ci, C_ERROR)
+                        return
+                    break
+                self.ctr[H_DATAGRAMS] += 1
+                self._one(li, q, ln, &c.peer, 0)
+                pos += ln
+                c.msg_start = 0
+                c.reads = 0
+            if pos:
+                # The messages' bytes are about to move: send what points into them first.
+                self._flush_all()
+                c.len -= pos
+                if c.len:
+                    memmove(c.buf, c.buf + pos, c.len)
+                    c.msg_start = self.now
+                    c.reads = 1
+            if c.len == 0 and c.cap > CONN_BUF0:
+                free(c.buf)          # an idle connection keeps no buffer
+                c.buf = NULL
+                c.cap = 0
+            elif c.len and c.reads > lst.max_reads:
+                self._close(ci, C_STALLED)
+                return
+
+    cdef void _sweep(self, int64_t now) noexcept nogil:
+        """Stalled messages (message_timeout) and idle connections (idle_timeout)."""
+        cdef int i
+        cdef conn_t *c
+        cdef listener_t *lst
+        for i in range(self.conn_hi):
+            c = &self.conns[i]
+            if c.fd < 0:
+                continue
+            lst = &self.b.listeners[c.li]
+            if c.len and c.msg_start and now - c.msg_start > lst.message_timeout_ns:
+                self._close(i, C_STALLED)
+            elif now - c.last > lst.idle_timeout_ns:
+                self._close(i, C_IDLE)
+
+    def close_connections(self):
+        """At stop: close every stream connection (counted as "stop")."""
+        cdef int i
+        if self.conns == NULL:
+            return 0
+        n = 0
+        for i in range(self.conn_hi):
+            if self.conns[i].fd >= 0:
+                self._close(i, C_STOP)
+                n += 1
+        return n
+
+    cdef int _run_epoll(self, int slice_ms) noexcept nogil:
+        """The loop with stream listeners: one epoll set over every listener and connection."""
+        cdef epoll_event evs[EPOLL_EVENTS]
+        cdef int i, n, li, got, total = 0, timeout
+        cdef uint64_t tag
+        cdef int64_t deadline = now_ns() + <int64_t>slice_ms * 1000000, t
+        while True:
+            t = now_ns()
+            timeout = 0 if slice_ms <= 0 else <int>min(100, max(0, (deadline - t) // 1000000))
+            n = epoll_wait(self.epfd, evs, EPOLL_EVENTS, timeout)
+            got = 0
+            self.now = now_ns()
+            for i in range(n if n > 0 else 0):
+                tag = evs[i].data.u64
+                if tag >= LISTENER_TAG:
+                    li = <int>(tag - LISTENER_TAG)
+                    if self.is_stream[li]:
+                        self._accept(li)
+                    else:
+                        got += self._udp_batch(li)
+                elif self.conns[tag].fd >= 0:
+                    self._read(<int>tag)
+                    got += 1
+            total += got
+            t = now_ns()
+            self.ctr[H_HEARTBEAT] = t
+            if t >= self.next_sweep:
+                self.next_sweep = t + 200000000
+                self._sweep(t)
+            if slice_ms <= 0 or t >= deadline:
+                break
+        return total
+
+    cdef int _udp_batch(self, int li) noexcept nogil:
+        cdef int i, n
+        for i in range(self.rdirty):
+            self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+            self.rmsgs[i].msg_hdr.msg_flags = 0
+        self.rdirty = 0
+        n = recvmmsg(self.listener_fds[li], self.rmsgs, self.batch, MSG_DONTWAIT, NULL)
+        if n <= 0:
+            return 0
+        self.rdirty = n
+        self.ctr[H_BATCHES] += 1
+        self._process(li, n)
+        self._flush_all()
+        return n
 
     def run(self, int slice_ms=100, int idle_poll_ms=50):
         """Forward until `slice_ms` has passed; returns the number of datagrams handled.
@@ -750,6 +1075,10 @@ cdef class Worker:
         cdef int64_t deadline, t
         if not self.bound:
             raise RuntimeError("bind() a plan first")
+        if self.has_stream:
+            with nogil:
+                total = self._run_epoll(slice_ms)
+            return total
         with nogil:
             deadline = now_ns() + <int64_t>slice_ms * 1000000
             while True:

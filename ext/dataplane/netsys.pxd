@@ -4,7 +4,7 @@
 # (recvmmsg/sendmmsg batches, ancillary data, poll). One place, so both loops speak the same
 # structs. Declarations only: nothing here runs.
 
-from libc.stdint cimport uint16_t, uint32_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from posix.time cimport timespec
 from posix.uio cimport iovec
 
@@ -41,8 +41,36 @@ cdef extern from "<sys/socket.h>" nogil:
     int SOL_SOCKET
     int SO_RXQ_OVFL
     int SO_ERROR
+    int SO_TYPE
+    int SOCK_STREAM
+    int SOCK_NONBLOCK
+    int SOCK_CLOEXEC
     int AF_INET
     int AF_INET6
+    struct sockaddr:
+        unsigned short sa_family
+    int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
+
+cdef extern from "<sys/epoll.h>" nogil:
+    union epoll_data_t:
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    int EPOLL_CTL_ADD
+    int EPOLL_CTL_DEL
+    uint32_t EPOLLIN
+    uint32_t EPOLLRDHUP
+    uint32_t EPOLLERR
+    uint32_t EPOLLHUP
+    int EPOLL_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t n)
+    int close(int fd)
 
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:

@@ -68,6 +68,19 @@ def summary(sup) -> dict:
         "workers": [{"index": w["index"], "datagrams": w["datagrams"],
                      "forwarded": w["forwarded"]} for w in sup.workers_alive()],
     }
+    from hepfast.constants import CONN_CLOSE_NAMES, N_CONN, OFF_CONN
+
+    tot = sup.counters.total()
+    conns = {}
+    for i, li in enumerate(c.listeners):
+        if li.transport == "udp":
+            continue
+        base = OFF_CONN + i * N_CONN
+        conns[li.name] = {"open": int(tot[base]), "accepted": int(tot[base + 1]),
+                          "closed": {r: int(tot[base + 2 + k])
+                                     for k, r in enumerate(CONN_CLOSE_NAMES) if tot[base + 2 + k]}}
+    if conns:
+        out["connections"] = conns
     out["forwarded_total"] = sum(out["forwarded"].values())
     out["dropped_total"] = sum(out["dropped"].values())
     out["invalid_total"] = sum(out["invalid"].values())
@@ -120,8 +133,10 @@ def main(args) -> int:
     ok, why = sup.healthy()
     if not ok:
         say(f"warning: not all workers are up yet ({why})", level="warning")
+    transports = {li.name: li.transport for li in sup.compiled.listeners}
     for name, host, port in sup.bound:
-        say(f"listening {name} udp {host}:{port}", listener=name, host=host, port=port)
+        say(f"listening {name} {transports.get(name, 'udp')} {host}:{port}", listener=name,
+            host=host, port=port)
     if sup.admin is not None:
         say(f"admin http://{_fmt(sup.compiled.admin_listen[0])}:{getattr(sup.admin, 'port', '')}"
             "/metrics")

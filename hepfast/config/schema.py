@@ -65,6 +65,15 @@ class Listener(_Base):
     transport: Literal["udp", "tcp", "tls"] = "udp"
     auth_key: str = ""
     allow: list[str] = []
+    # Stream listeners (tcp): framing by the HEPv3 length field. A message larger than
+    # max_message, or one that does not complete within message_timeout seconds or max_reads
+    # reads (a fragmented or stalled sender), closes its connection; so does idle_timeout
+    # seconds without data. At most max_connections connections (over all workers).
+    max_message: Annotated[int, msgspec.Meta(ge=64, le=65535)] = 65535
+    message_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    max_reads: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 64
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1000000)] = 10000
+    idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
 
 
 class Destination(_Base):

@@ -39,7 +39,7 @@ def _check_name(path: str, name: str, what: str) -> None:
 
 # Transports this version implements (the schema knows more): checked first, so an operator is
 # told before anything else.
-IMPLEMENTED_LISTENER_TRANSPORTS = ("udp",)
+IMPLEMENTED_LISTENER_TRANSPORTS = ("udp", "tcp")
 IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file", "postgres")
 
 

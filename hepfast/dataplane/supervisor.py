@@ -54,7 +54,7 @@ from hepfast.config import DEFAULT_CONFIG_PATH, ConfigError
 from hepfast.dataplane import counters as C
 from hepfast.dataplane import rundir as R
 from hepfast.dataplane.worker import EXIT_BOOT_ERROR
-from hepfast.ingress import udp
+from hepfast.ingress import tcp, udp
 from hepfast.plan.compile import Compiled, compile_text
 from hepfast.plan.emit import Slots, emit, target_key
 from hepfast.plan.format import write_plan
@@ -166,7 +166,7 @@ class Supervisor:
             raise ConfigError("", str(exc)) from None
 
     def _write(self, c: Compiled, gen: int, slots: dict, source: str) -> None:
-        header, arrays = emit(c, slots, generation=gen, source=source)
+        header, arrays = emit(c, slots, generation=gen, source=source, workers=self.nworkers)
         write_plan(R.plan_path(self.rundir, gen), header, arrays)
 
     def _ensure_rings(self, c: Compiled, slots: dict) -> list[str]:
@@ -356,14 +356,18 @@ class Supervisor:
         self.listener_socks = [[] for _ in range(self.nworkers)]
         sw = self.compiled.config.switch
         for li in self.compiled.listeners:
-            group = udp.open_group(li, self.nworkers, rcvbuf=sw.rcvbuf,
-                                   recv_timeout_us=RECV_TIMEOUT_US,
-                                   exclusive=not self.allow_shared_port)
+            if li.transport == "tcp":
+                group = tcp.open_group(li, self.nworkers, exclusive=not self.allow_shared_port)
+            else:
+                group = udp.open_group(li, self.nworkers, rcvbuf=sw.rcvbuf,
+                                       recv_timeout_us=RECV_TIMEOUT_US,
+                                       exclusive=not self.allow_shared_port)
             for w, s in enumerate(group):
                 self.listener_socks[w].append(s)
             self.bound.append((li.name, li.host, group[0].getsockname()[1]))
-            self._spread(li.name, group, sw.spread)
-            self.granted[li.name] = udp.buffers(group[0], sw.rcvbuf, sw.spread)
+            if li.transport == "udp":
+                self._spread(li.name, group, sw.spread)
+                self.granted[li.name] = udp.buffers(group[0], sw.rcvbuf, sw.spread)
 
     def _spread(self, name: str, group: list[socket.socket], how: str) -> None:
         try:
@@ -375,6 +379,8 @@ class Supervisor:
     def _apply_socket_options(self, c: Compiled) -> None:
         sw = c.config.switch
         for li_i, li in enumerate(c.listeners):
+            if li.transport != "udp":
+                continue
             group = [socks[li_i] for socks in self.listener_socks if len(socks) > li_i]
             for s in group:
                 udp.set_rcvbuf(s, sw.rcvbuf)
@@ -387,6 +393,8 @@ class Supervisor:
         supervisor's row: exact, and free for the workers."""
         row = self.counters.row(self.own_row)
         for li in range(len(self.bound)):
+            if self.compiled.listeners[li].transport != "udp":
+                continue
             total = 0
             for socks in self.listener_socks:
                 if li < len(socks):
@@ -632,7 +640,7 @@ class Supervisor:
         now = time.monotonic_ns()
         last_err = rows[:, K.OFF_LAST_ERR:K.OFF_LAST_OK].max(axis=0)
         last_ok = rows[:, K.OFF_LAST_OK:K.OFF_QUEUED].max(axis=0)
-        errno_ = rows[:, K.OFF_LAST_ERRNO:K.STRIDE].max(axis=0)
+        errno_ = rows[:, K.OFF_LAST_ERRNO:K.OFF_CONN].max(axis=0)
         tot = rows.sum(axis=0, dtype=np.uint64)
         st = self._watch_state
         for dest, _mode, transport, label, slot in self.target_views():
@@ -698,7 +706,8 @@ class Supervisor:
         row = self.counters.row(self.own_row)
         for socks in self.listener_socks:
             for s in socks:
-                row[K.H_DRAIN_LEFT] += udp.discard(s)
+                if s.type == socket.SOCK_DGRAM:
+                    row[K.H_DRAIN_LEFT] += udp.discard(s)
         self.refresh_kernel_counters()
         for e in self.egress.values():
             code = None

@@ -186,6 +186,7 @@ def main(argv: list[str]) -> int:
     while time.monotonic() < deadline and worker.run(0, 0) > 0:
         pass
     worker.flush()
+    worker.close_connections()
     worker.discard()
     row[H_HEARTBEAT] = time.monotonic_ns()
     row[H_STATE] = 3

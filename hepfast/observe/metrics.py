@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from hepfast.dataplane import counters as C
 from hepfast.wire.chunks import PROTO_TYPES
-from hepfast.constants import DEST_DROPS
+from hepfast.constants import CONN_CLOSE_NAMES, DEST_DROPS
 from hepfast.wire.reasons import DROP_NAMES, INVALID_NAMES
 
 # A target whose last send error is younger than this (and newer than its last good send) is down.
@@ -210,6 +210,27 @@ class HepfastCollector(Collector):
         yield recv
         yield inval
         yield ovfl
+
+        conn = GaugeMetricFamily("hepfast_connections",
+                                 "Stream (tcp) connections open now, per listener",
+                                 labels=["listener"])
+        acc = CounterMetricFamily("hepfast_connections_accepted",
+                                  "Stream connections accepted, per listener", labels=["listener"])
+        clo = CounterMetricFamily("hepfast_connections_closed",
+                                  "Stream connections closed, by reason (eof, error, invalid, "
+                                  "too_big, stalled, idle, limit, stop)",
+                                  labels=["listener", "reason"])
+        for li, idx in iter_listeners(sup):
+            if getattr(li, "transport", "udp") == "udp":
+                continue
+            base = C.OFF_CONN + idx * C.N_CONN
+            conn.add_metric([li.name], float(snap.total[base]))
+            acc.add_metric([li.name], int(snap.total[base + 1]))
+            for k, reason in enumerate(CONN_CLOSE_NAMES):
+                clo.add_metric([li.name, reason], int(snap.total[base + 2 + k]))
+        yield conn
+        yield acc
+        yield clo
 
         rules = CounterMetricFamily("hepfast_rule_packets", "Packets each rule took",
                                     labels=["rule"])

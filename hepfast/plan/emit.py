@@ -58,7 +58,8 @@ class Slots:
         return {"rules": rule, "destinations": dest, "targets": tgt, "egress": egr}
 
 
-def emit(c: Compiled, slots: dict, *, generation: int, source: str) -> tuple[dict, dict]:
+def emit(c: Compiled, slots: dict, *, generation: int, source: str,
+         workers: int | None = None) -> tuple[dict, dict]:
     """(header fields, arrays) for hepfast.plan.format.write_plan."""
     cfg = c.config
     arrays = {name: getattr(c, name) for name in RULE_ARRAYS}
@@ -66,8 +67,12 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str) -> tuple[dic
     for i, li in enumerate(c.listeners):
         arrays[f"allow{i}"] = li.allow
         arrays[f"allow_fam{i}"] = li.allow_fam
-        listeners.append(PlanListener(li.name, li.transport, li.host, li.port, li.family,
-                                      bytes(li.auth_key)))
+        lc = cfg.listeners[i]
+        nw = max(1, workers or c.workers)
+        listeners.append(PlanListener(
+            li.name, li.transport, li.host, li.port, li.family, bytes(li.auth_key),
+            lc.max_message, lc.message_timeout, lc.max_reads,
+            max(1, -(-lc.max_connections // nw)), lc.idle_timeout))
     dests = []
     ti = 0
     for di, d in enumerate(c.destinations):

@@ -63,6 +63,12 @@ class PlanListener(msgspec.Struct, frozen=True):
     port: int
     family: int
     auth_key: bytes
+    # stream listeners (tcp): framing limits, per worker (max_connections already divided)
+    max_message: int = 65535
+    message_timeout: float = 5.0
+    max_reads: int = 64
+    max_connections: int = 10000
+    idle_timeout: float = 300.0
 
 
 class ArrayRef(msgspec.Struct, frozen=True, array_like=True):
@@ -127,7 +133,9 @@ class PlanError(ValueError):
 
 
 class ListenerView:
-    __slots__ = ("name", "transport", "host", "port", "family", "auth_key", "allow", "allow_fam")
+    __slots__ = ("name", "transport", "host", "port", "family", "auth_key", "allow", "allow_fam",
+                 "stream", "max_message", "message_timeout", "max_reads", "max_connections",
+                 "idle_timeout")
 
 
 class Plan:
@@ -166,6 +174,10 @@ class Plan:
             v = ListenerView()
             v.name, v.transport, v.host, v.port = li.name, li.transport, li.host, li.port
             v.family, v.auth_key = li.family, li.auth_key
+            v.stream = li.transport in ("tcp", "tls")
+            v.max_message, v.message_timeout, v.max_reads = (li.max_message, li.message_timeout,
+                                                             li.max_reads)
+            v.max_connections, v.idle_timeout = li.max_connections, li.idle_timeout
             v.allow = self._arrays[f"allow{i}"]
             v.allow_fam = self._arrays[f"allow_fam{i}"]
             self.listeners.append(v)

@@ -63,7 +63,7 @@ from hepfast.tools.capture.reader import (  # noqa: F401
     _tsresol,
     file_kind,
 )
-from hepfast.tools.capture.tcp import (  # noqa: F401
+from hepfast.tools.capture.reassembly import (  # noqa: F401
     TcpReassembler,
     _Flow,
     _rel,

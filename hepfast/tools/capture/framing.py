@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from hepfast.tools.capture.common import SIP_MAX_BODY, SIP_MAX_HEADERS, Datagram, StreamError
 from hepfast.tools.capture.hepraw import read_hepraw
 from hepfast.tools.capture.reader import file_kind
-from hepfast.tools.capture.tcp import read_capture
+from hepfast.tools.capture.reassembly import read_capture
 
 # ------------------------------------------------------------------------------------- streams
 
