@@ -54,7 +54,7 @@ def bench_copy(srv: PgServer, pkts: list[bytes], batch_rows: int) -> tuple[float
     db = srv.create_db()
     rows = [H.row_of(p) for p in pkts]
     eg = PostgresEgress("bench", srv.dsn(db), batch_rows=batch_rows,
-                        queue_rows=len(rows) + batch_rows, retention_days=0)
+                        queue_rows=len(rows) + batch_rows, retention_days=0, threaded=False)
     eg.open()
     batches = []
     for i in range(0, len(rows), batch_rows):

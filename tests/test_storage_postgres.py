@@ -306,7 +306,8 @@ def test_a_batch_whose_commit_was_lost_is_not_written_twice(pg_server, pg_db):  
     from hepfast.egress.postgres import PostgresEgress
 
     pkts = [p for p, _ in corpus_pairs()[:30]]
-    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=30, retention_days=0)
+    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=30, retention_days=0,
+                        threaded=False)
     eg.open()
     _feed(eg, _ring_with(pkts))
     assert eg.settle() == (30, 0, 0)
@@ -336,7 +337,8 @@ def test_queue_bound_and_close_while_the_server_is_away(pg_server):  # noqa: F81
     from tests.pghelper import _free_port
 
     dsn = f"postgresql://hepfast:{PASSWORD}@127.0.0.1:{_free_port()}/x"
-    eg = PostgresEgress("pg", dsn, batch_rows=10, queue_rows=40, connect_timeout_s=2)
+    eg = PostgresEgress("pg", dsn, batch_rows=10, queue_rows=40, connect_timeout_s=2,
+                        threaded=False)
     eg.open()
     up, detail = eg.health()
     assert not up and detail and PASSWORD not in detail
@@ -359,13 +361,14 @@ def test_retention_drops_old_partitions(pg_server, pg_db):  # noqa: F811 - pytes
         pkts.append(codec.rewrite(p, set={"timestamp": int(old)}))
     fresh = [p for p, _ in corpus_pairs()[5:10]]
     fresh = [codec.rewrite(p, set={"timestamp": int(time.time())}) for p in fresh]
-    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=1000, retention_days=1)
+    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=1000, retention_days=1,
+                        threaded=False)
     eg.open()
     _feed(eg, _ring_with(pkts + fresh))
     eg.close()
     assert eg.settle() == (10, 0, 0)
     assert count_rows(pg_server, pg_db) == 10
-    eg2 = PostgresEgress("pg", pg_server.dsn(pg_db), retention_days=1)
+    eg2 = PostgresEgress("pg", pg_server.dsn(pg_db), retention_days=1, threaded=False)
     eg2.open()
     eg2.flush()                                 # first flush after connecting: retention pass
     assert eg2.partitions_dropped >= 1

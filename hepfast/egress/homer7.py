@@ -22,6 +22,7 @@ Tables are partitioned by range of create_date in PARTITION_SECONDS slices named
 """
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from typing import NamedTuple
@@ -29,7 +30,7 @@ from typing import NamedTuple
 import msgspec
 
 from hepfast.wire import codec
-from hepfast.wire.sip import sip_fields
+from hepfast.wire.sip import FIELDS, sip_fields
 
 COLUMNS = ("sid", "create_date", "protocol_header", "data_header", "raw")
 SIP_KEYS = ("ruri_user", "ruri_domain", "from_user", "from_tag", "to_user", "to_tag", "callid",
@@ -50,6 +51,9 @@ _ROW_HEAD = struct.pack("!h", len(COLUMNS))
 _I32 = struct.Struct("!i").pack
 _TS = struct.Struct("!iq").pack
 _json = msgspec.json.Encoder().encode
+# The compiled twin of sip_fields (ext/wire/sipscan.pxd; tests/test_sip.py holds them equal),
+# when the compiled codec is the one in use.
+_sip_scan = getattr(codec.get_impl(codec.IMPL), "sip_scan", None)
 
 
 class Row(NamedTuple):
@@ -95,9 +99,21 @@ def _sip_extra(payload: bytes) -> dict:
     return out
 
 
+def _fields(payload: bytes) -> dict:
+    if _sip_scan is not None:
+        return _sip_scan(payload) or dict.fromkeys(FIELDS)
+    return sip_fields(payload)
+
+
+def _ip(raw: bytes | None) -> str:
+    if raw is None or len(raw) not in (4, 16):
+        return ""
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
 def sip_data_header(payload: bytes) -> tuple[dict, str] | None:
     """(data_header, CSeq method) of a SIP payload, or None when it has no Call-ID or CSeq."""
-    f = sip_fields(payload)
+    f = _fields(payload)
     cid = f["sip_call_id"]
     if not cid:
         return None
@@ -156,7 +172,7 @@ def row_of(data, now: float | None = None) -> Row | None:
         t = time.time() if now is None else now
         tsec, tusec = int(t), int((t % 1) * 1e6)
     ph = {"protocolFamily": p.proto_family or 0, "protocol": p.proto_id or 0,
-          "srcIp": p.src_ip or "", "dstIp": p.dst_ip or "", "srcPort": p.src_port or 0,
+          "srcIp": _ip(p.src_addr), "dstIp": _ip(p.dst_addr), "srcPort": p.src_port or 0,
           "dstPort": p.dst_port or 0, "timeSeconds": tsec, "timeUseconds": tusec,
           "payloadType": ptype, "captureId": node, "correlation_id": cid}
     ts_us = tsec * 1_000_000 + tusec

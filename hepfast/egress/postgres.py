@@ -10,6 +10,11 @@ Flow and invariants:
 - This egress is *deferred* (hepfast.egress.base): a row counts as forwarded only when the
   transaction holding it has committed; `settle()` hands the loop what committed, failed or
   was refused since its last call.
+- Threads: with `threaded` (the default) one writer thread owns the connection and writes the
+  sealed batches, so converting rows (the egress loop's thread) and COPY (the server, and
+  psycopg waiting on it without the GIL) overlap. The two share the FIFO, the row count and
+  the counters under one lock; a sealed batch is never touched by the loop's thread again.
+  Without `threaded` the same work runs inline in send_batch/flush (tests).
 - One transaction per batch: create the partitions its rows need, one COPY per table, and a
   row in `hepfast_batches` with the batch's unique id. When the connection breaks, the batch
   stays at the head of the FIFO; after reconnecting, its id is looked up first: present means
@@ -29,6 +34,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -66,7 +72,7 @@ class PostgresEgress(Egress):
     def __init__(self, name: str, dsn: str, *, batch_rows: int = 5000,
                  flush_seconds: float = 1.0, queue_rows: int = 200_000,
                  retention_days: int = 7, retry_s: float = 0.5, retry_max_s: float = 5.0,
-                 connect_timeout_s: float = 5.0,
+                 connect_timeout_s: float = 5.0, threaded: bool = True,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         if batch_rows < 1 or queue_rows < batch_rows:
             raise ValueError("batch_rows must be >= 1 and queue_rows >= batch_rows")
@@ -81,6 +87,11 @@ class PostgresEgress(Egress):
         self.retry_max_s = retry_max_s
         self.connect_timeout_s = connect_timeout_s
         self._mono = monotonic
+        self.threaded = threaded
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
         self._conn = None
         self._open: _Batch | None = None
         self._sealed: collections.deque[_Batch] = collections.deque()
@@ -125,64 +136,85 @@ class PostgresEgress(Egress):
     # ---------------------------------------------------------------------------- contract
 
     def open(self) -> None:
+        self._stopping = False
         self._connect()
+        if self.threaded and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"pg-{self.name}",
+                                            daemon=True)
+            self._thread.start()
 
     def send_batch(self, batch: Batch) -> int:
         now = self._mono()
-        for _meta, rec in batch:
-            row = H.row_of(bytes(rec))
-            if row is None:
-                self.rows_skipped += 1
-                self._settle[1] += 1
-                continue
-            if self._waiting >= self.queue_rows:
-                self.queue_full += 1
-                self._settle[2] += 1
-                continue
-            b = self._open
-            if b is None:
-                b = self._open = _Batch(now)
-            b.tables.setdefault(row.table, []).append(row.data)
-            b.parts.add((row.table, H.partition_start(row.ts_us)))
-            b.rows += 1
-            self._waiting += 1
-            if b.rows >= self.batch_rows or now - b.born >= self.flush_seconds:
-                self._seal()
-        self._write_sealed()
+        rows = [H.row_of(bytes(rec)) for _meta, rec in batch]
+        with self._lock:
+            for row in rows:
+                if row is None:
+                    self.rows_skipped += 1
+                    self._settle[1] += 1
+                    continue
+                if self._waiting >= self.queue_rows:
+                    self.queue_full += 1
+                    self._settle[2] += 1
+                    continue
+                b = self._open
+                if b is None:
+                    b = self._open = _Batch(now)
+                b.tables.setdefault(row.table, []).append(row.data)
+                b.parts.add((row.table, H.partition_start(row.ts_us)))
+                b.rows += 1
+                self._waiting += 1
+                if b.rows >= self.batch_rows or now - b.born >= self.flush_seconds:
+                    self._seal()
+        if not self.threaded:
+            self._service()
         return batch.count
 
     def flush(self) -> None:
-        b = self._open
-        if b is not None and self._mono() - b.born >= self.flush_seconds:
-            self._seal()
-        self._write_sealed()
-        if self._conn is not None and self._mono() >= self._rotate_at:
-            self._rotate()
+        with self._lock:
+            b = self._open
+            if b is not None and self._mono() - b.born >= self.flush_seconds:
+                self._seal()
+        if not self.threaded:
+            self._service()
 
     def settle(self) -> tuple[int, int, int]:
-        out = tuple(self._settle)
-        self._settle = [0, 0, 0]
+        with self._lock:
+            out = tuple(self._settle)
+            self._settle = [0, 0, 0]
         return out  # type: ignore[return-value]
 
     def health(self) -> tuple[bool, str]:
         return self._up, self._detail
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
         """Seal and write what waits (one attempt per batch if the server is reachable); what
         cannot be written now is counted failed."""
-        if self._open is not None:
-            self._seal()
-        self._retry_at = 0.0
-        self._write_sealed()
-        lost = self._waiting
-        if lost:
-            self._say(logging.WARNING, "%s: %d rows not stored at close (%s)", self.name, lost,
-                      self._detail)
-            self.rows_failed += lost
-            self._settle[1] += lost
-            self._sealed.clear()
-            self._waiting = 0
-        self._drop_conn()
+        with self._cv:
+            if self._open is not None:
+                self._seal()
+            self._retry_at = 0.0
+            self._stopping = True
+            self._cv.notify_all()
+        t = self._thread
+        if t is not None:
+            t.join(timeout_s)
+            if t.is_alive():
+                self._say(logging.WARNING, "%s: writer still busy after %.0f s at close",
+                          self.name, timeout_s)
+            self._thread = None
+        else:
+            self._service()
+        with self._lock:
+            lost = self._waiting
+            if lost:
+                self._say(logging.WARNING, "%s: %d rows not stored at close (%s)", self.name,
+                          lost, self._detail)
+                self.rows_failed += lost
+                self._settle[1] += lost
+                self._sealed.clear()
+                self._waiting = 0
+        if t is None or not t.is_alive():
+            self._drop_conn()
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -218,9 +250,46 @@ class PostgresEgress(Egress):
                 pass
 
     def _seal(self) -> None:
+        """(lock held)"""
         if self._open is not None and self._open.rows:
             self._sealed.append(self._open)
+            self._cv.notify()
         self._open = None
+
+    def _due(self) -> bool:
+        """(lock held) Something for the writer: a batch and no backoff, a reconnect attempt,
+        a retention pass, or the stop."""
+        now = self._mono()
+        if self._stopping:
+            return True
+        if self._conn is None:
+            return now >= self._retry_at
+        return bool(self._sealed) or now >= self._rotate_at
+
+    def _run(self) -> None:
+        """The writer thread: serve until close() asks to stop, then one last pass."""
+        while True:
+            with self._cv:
+                if not self._due():
+                    self._cv.wait(0.2)
+                stop = self._stopping
+            try:
+                self._service()
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the writer silently
+                self._say(logging.ERROR, "%s: writer: %s: %s", self.name, type(e).__name__, e)
+                with self._lock:
+                    self._retry_at = self._mono() + self.retry_max_s
+            if stop:
+                return
+
+    def _service(self) -> None:
+        """Write the sealed batches oldest first while the connection holds; reconnect (with
+        backoff) when there is none; the retention pass when due."""
+        self._write_sealed()
+        if self._conn is None and not self._stopping:
+            self._connect()
+        if self._conn is not None and self._mono() >= self._rotate_at:
+            self._rotate()
 
     def _down(self, kind: str, exc: BaseException) -> None:
         self.errors[kind] += 1
@@ -267,13 +336,15 @@ class PostgresEgress(Egress):
         return True
 
     def _write_sealed(self) -> None:
-        while self._sealed:
-            if not self._connect():
+        while True:
+            with self._lock:
+                if not self._sealed:
+                    return
+                b = self._sealed[0]
+            if not self._connect() or not self._write(b):
                 return
-            b = self._sealed[0]
-            if not self._write(b):
-                return
-            self._sealed.popleft()
+            with self._lock:
+                self._sealed.popleft()
 
     def _write(self, b: _Batch) -> bool:
         """One transaction for batch `b`; True when it is settled (stored or failed)."""
@@ -314,12 +385,13 @@ class PostgresEgress(Egress):
             self._down("connection", e)
             return False
         except psycopg.Error as e:
-            self.errors["data"] += 1
             self._say(logging.WARNING, "%s: batch of %d rows refused: %s", self.name, b.rows,
                       " ".join(str(e).split()))
-            self.rows_failed += b.rows
-            self._settle[1] += b.rows
-            self._waiting -= b.rows
+            with self._lock:
+                self.errors["data"] += 1
+                self.rows_failed += b.rows
+                self._settle[1] += b.rows
+                self._waiting -= b.rows
             self._tables.clear()               # the failed transaction may have held DDL
             self._parts.clear()
             return True
@@ -332,12 +404,13 @@ class PostgresEgress(Egress):
 
     def _settled_ok(self, b: _Batch, t0: float) -> None:
         dt = time.perf_counter() - t0
-        self.batches += 1
-        self.batch_seconds_last = dt
-        self.batch_seconds_sum += dt
-        self.rows_written += b.rows
-        self._settle[0] += b.rows
-        self._waiting -= b.rows
+        with self._lock:
+            self.batches += 1
+            self.batch_seconds_last = dt
+            self.batch_seconds_sum += dt
+            self.rows_written += b.rows
+            self._settle[0] += b.rows
+            self._waiting -= b.rows
 
     def _rotate(self) -> None:
         """Drop partitions past retention_days, forget old batch ids."""
