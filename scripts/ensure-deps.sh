@@ -79,6 +79,20 @@ else
     fi
 fi
 
+# --- kamailio and sipp (the live-agent interop tests: tests/test_kamailio.py) ---------------
+for pair in kamailio:kamailio sipp:sip-tester; do
+    cmd="${pair%%:*}"
+    pkg="${pair#*:}"
+    if command -v "$cmd" >/dev/null 2>&1; then
+        say "$cmd present: $(command -v "$cmd")"
+    elif apt_install "$cmd" "$pkg" && command -v "$cmd" >/dev/null 2>&1; then
+        say "$cmd installed: $(command -v "$cmd")"
+    else
+        say "no $cmd: the Kamailio interop tests will skip"
+        status=1
+    fi
+done
+
 # --- compiler and Python headers (python3 setup.py build_ext) -----------------------------
 if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
     apt_install "C compiler" gcc libc6-dev || status=1
