@@ -152,18 +152,18 @@ def test_missing_file_is_one_line_naming_it(tmp_path):
 
 
 def test_unsupported_transport_is_reported_before_other_mistakes(tmp_path):
-    text = GOOD.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\ntransport = "tcp"')
+    text = GOOD.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\ntransport = "tls"')
     text = text.replace('forward = ["homer"]', 'forward = ["homr"]')     # a second mistake
     r = cli("check", "-c", str(write(tmp_path, text)))
     assert r.returncode == 2
-    assert "listeners[0].transport: transport tcp is not supported yet" in r.stderr
+    assert "listeners[0].transport: transport tls is not supported yet" in r.stderr
     # also before type errors and unknown keys, which the schema finds before validation
     for other in ('workers = "two"', "wokers = 1"):
         bad = write(tmp_path, text.replace("workers = 1", other), "other.toml")
         for cmd in (("check", "-c", str(bad)), ("run", "-c", str(bad), "--no-admin")):
             r = cli(*cmd)
             assert r.returncode == 2
-            assert r.stderr.startswith(f"error: {bad}: listeners[0].transport: transport tcp "
+            assert r.stderr.startswith(f"error: {bad}: listeners[0].transport: transport tls "
                                        "is not supported yet"), r.stderr
 
 
