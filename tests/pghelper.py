@@ -63,7 +63,9 @@ def _free_port() -> int:
 class PgServer:
     def __init__(self, settings: dict[str, str] | None = None) -> None:
         self.bindir = pg_bindir()
-        self.dir = tempfile.mkdtemp(prefix="hepfast-pg-")
+        # Under /tmp as root: the `postgres` user must reach it (TMPDIR may be private).
+        self.dir = tempfile.mkdtemp(prefix="hepfast-pg-",
+                                    dir="/tmp" if os.geteuid() == 0 else None)
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "server.log")
         self.port = _free_port()
@@ -88,8 +90,9 @@ class PgServer:
         self.start()
 
     def _run(self, cmd: list[str], timeout: float = 60) -> None:
+        # cwd: the server's own directory (the caller's may be closed to the postgres user)
         r = subprocess.run(self._as + cmd, capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
+                           stdin=subprocess.DEVNULL, cwd=self.dir)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}{r.stderr}\n"
                                f"{self.server_log()}")

@@ -149,12 +149,14 @@ def stored(pg_server, tmp_path_factory):  # noqa: F811 - pytest fixture
         got = wait_for(lambda: count_rows(pg_server, db) >= len(pairs), timeout=60)
         assert got, f"{count_rows(pg_server, db)} rows of {len(pairs)}\n{sw.stderr()}"
         status = egress_status(sw, rows=len(pairs))
+        status_text = admin_get(sw, "/status")
         metrics = admin_get(sw, "/metrics")
         summary = sw.stop()
         stderr = sw.stderr()
     finally:
         sw.kill()
     return {"db": db, "pairs": pairs, "summary": summary, "status": status,
+            "status_text": status_text,
             "metrics": metrics, "stderr": stderr, "dsn": pg_server.dsn(db)}
 
 
@@ -223,13 +225,14 @@ def test_homer_app_call_lookup_returns_exactly_the_call(pg_server, stored):  # n
 
 def test_the_password_appears_nowhere(stored):
     assert PASSWORD in stored["dsn"]
-    for where in ("stderr", "metrics"):
+    for where in ("stderr", "metrics", "status_text"):
         assert PASSWORD not in stored[where], where
     assert PASSWORD not in json.dumps(stored["status"])
     assert PASSWORD not in json.dumps(stored["summary"])
     assert stored["status"]["up"] is True
     assert stored["status"]["metrics"]["rows_written_total"] == len(stored["pairs"])
     assert 'hepfast_egress_rows_written_total{destination="pg"}' in stored["metrics"]
+    assert "127.0.0.1" in stored["status_text"] and "***" in json.dumps(stored["summary"])
 
 
 def test_tables_are_partitioned_by_hour(pg_server, stored):  # noqa: F811 - pytest fixture
