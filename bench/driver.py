@@ -14,6 +14,8 @@ workers are all counted). Subjects:
   hepfast-file  as hepfast-1, and every packet also to a `file` destination: the worker copies
              it into its shared-memory ring, an egress process writes rotating .hepraw files
              (the `worker ns` and `egress ns` columns split the CPU by process)
+  hepfast-pcap, hepfast-parquet  the same with a `pcap` / `parquet` destination instead
+             (the `queue_full` column: copies the storage destination dropped over the run)
 Prints a table and a JSON line (also written under bench/results/) with the ratios of CPU ns per
 packet against c_forward at the same offered rate, and each subject's max lossless rate.
 
@@ -125,8 +127,12 @@ def stop_sink(p: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# Subjects with a storage destination besides the UDP target, and its transport.
+STORES = {"hepfast-file": "file", "hepfast-pcap": "pcap", "hepfast-parquet": "parquet"}
+
+
 def write_config(path: Path, listen: int, target: int, rules: int, workers: int = 1,
-                 record: Path | None = None) -> None:
+                 record: Path | None = None, store: str = "file") -> None:
     lines = ["[switch]", f"workers = {workers}", "batch = 64", 'default = "drop"',
              'spread = "packet"', "",
              "[admin]", 'listen = "127.0.0.1:0"', "",
@@ -134,8 +140,9 @@ def write_config(path: Path, listen: int, target: int, rules: int, workers: int 
              "[destinations.sink]", f'targets = ["127.0.0.1:{target}"]', 'mode = "hash"', ""]
     fwd = '["sink"]'
     if record is not None:
-        lines += ["[destinations.rec]", 'transport = "file"', f'path = "{record}"',
-                  "rotate_bytes = 268435456", "keep = 2", ""]
+        lines += ["[destinations.rec]", f'transport = "{store}"', f'path = "{record}"',
+                  "rotate_bytes = 268435456"]
+        lines += ["keep = 2", ""] if store != "parquet" else ["retention_bytes = 1073741824", ""]
         fwd = '["sink", "rec"]'
     for k in range(rules - 1):
         # Rules that never match the corpus (capture id 2001): they cost the evaluation only.
@@ -162,7 +169,8 @@ def start_subject(name: str, listen: int, target: int, tmp: Path) -> subprocess.
     cfg = tmp / f"{name}.toml"
     write_config(cfg, listen, target, 10 if name == "hepfast-10" else 1,
                  workers=2 if name == "hepfast-2p" else 1,
-                 record=tmp / f"{name}-rec" if name == "hepfast-file" else None)
+                 record=tmp / f"{name}-rec" if name in STORES else None,
+                 store=STORES.get(name, "file"))
     return hepfast("run", "-c", str(cfg), "--quiet", core=0, stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE, text=True)
 
@@ -213,7 +221,7 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
                 "worker_ns_per_pkt": round((r1["worker"] - r0["worker"]) / recv, 1)
                 if recv and name != "c_forward" else None,
                 "egress_ns_per_pkt": round((r1["egress"] - r0["egress"]) / recv, 1)
-                if recv and name == "hepfast-file" else None,
+                if recv and name in STORES else None,
                 # send time stamped into each packet by replay --stamp, arrival at the sink
                 "latency_us": got.get("latency_us"),
             })
@@ -223,10 +231,19 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
             stop_sink(sink)
         subject.send_signal(signal.SIGTERM)
         try:
-            subject.communicate(timeout=15)
+            out, _ = subject.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             subject.kill()
-            subject.communicate()
+            out, _ = subject.communicate()
+    if name in STORES and rows:
+        try:
+            final = json.loads((out or "").strip().splitlines()[-1])
+            full = final["dropped_by_destination"].get("rec", {}).get("queue_full", 0)
+        except (ValueError, IndexError, KeyError):
+            full = None
+        for r in rows:
+            r["store_queue_full_run"] = full
+        print(f"# {name}: queue_full over the run: {full}", file=sys.stderr)
     return rows
 
 
@@ -236,7 +253,8 @@ def main() -> int:
                     help="offered rates, packets/s, comma separated")
     ap.add_argument("--step-seconds", type=float, default=3.0)
     ap.add_argument("--corpus", default=str(CORPUS), help=".hepraw/pcap to offer")
-    ap.add_argument("--subjects", default="c_forward,hepfast-1,hepfast-10,hepfast-2p,hepfast-file")
+    ap.add_argument("--subjects", default="c_forward,hepfast-1,hepfast-10,hepfast-2p,hepfast-file,"
+                                          "hepfast-pcap,hepfast-parquet")
     ap.add_argument("--lossless", type=float, default=0.001, help="loss counted as lossless")
     args = ap.parse_args()
     if (os.cpu_count() or 1) < 2:

@@ -5,6 +5,8 @@
 #   installed only when `prometheus` is not on PATH.
 # - the `postgresql` server (Debian package), for the postgres destination's tests: installed
 #   only when no initdb is found.
+# - `tshark` (Debian package), for the pcap destination's tests (they read its files with it):
+#   installed only when missing, answering wireshark-common's setuid question (no) beforehand.
 # - a C compiler and the Python headers (build_ext), when missing.
 # - the Python packages of pyproject.toml (run + test + build), with `python3 -m pip`, only those
 #   that do not import.
@@ -93,6 +95,23 @@ for pair in kamailio:kamailio sipp:sip-tester; do
     fi
 done
 
+# --- tshark ---------------------------------------------------------------------------------
+if command -v tshark >/dev/null 2>&1; then
+    say "tshark present: $(command -v tshark)"
+else
+    if command -v debconf-set-selections >/dev/null 2>&1; then
+        echo "wireshark-common wireshark-common/install-setuid boolean false" | \
+            as_root debconf-set-selections
+    fi
+    apt_install tshark tshark
+    if command -v tshark >/dev/null 2>&1; then
+        say "tshark installed: $(command -v tshark)"
+    else
+        say "no tshark: the pcap destination tests that read files with it will skip"
+        status=1
+    fi
+fi
+
 # --- compiler and Python headers (python3 setup.py build_ext) -----------------------------
 if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
     apt_install "C compiler" gcc libc6-dev || status=1
@@ -112,6 +131,7 @@ fi
 # "import name:pip requirement"
 missing=""
 for pair in numpy:numpy msgspec:msgspec prometheus_client:prometheus-client pytest:pytest \
+            pyarrow:pyarrow duckdb:duckdb \
             hypothesis:hypothesis Cython:Cython setuptools:setuptools wheel:wheel ruff:ruff \
             cython_lint:cython-lint psycopg:psycopg[binary]; do
     mod="${pair%%:*}"

@@ -368,8 +368,8 @@ CHECK_ERRORS = [
     # Valid schema, not implemented by the switch yet: check refuses, naming the field.
     (BASE.replace('listen = "127.0.0.1:9060"', 'listen = "127.0.0.1:9060"\ntransport = "tls"'),
      "listeners[0].transport: transport tls is not supported yet"),
-    (BASE + '[destinations.arch]\ntransport = "pcap"\npath = "/tmp/x"\n',
-     "destinations.arch.transport: transport pcap is not supported yet"),
+    (BASE + '[destinations.arch]\ntransport = "file"\npath = "/tmp/x"\nencapsulate = true\n',
+     'destinations.arch.encapsulate: "encapsulate" is used by pcap destinations only'),
     (BASE + '[destinations.t]\ntargets = ["1.2.3.4:5"]\ntransport = "tls"\n',
      "destinations.t.transport: transport tls is not supported yet"),
     (BASE + '[destinations.pg]\ntransport = "postgres"\n',

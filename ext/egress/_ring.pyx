@@ -373,6 +373,16 @@ cdef class Batch:
             start = <Py_ssize_t>(rec - <const uint8_t *>self._ring._view.buf)
             yield meta, self._ring._mv[start:start + ln]
 
+    @property
+    def span(self):
+        """The batch's records as they lie in the ring (per record: u32 big-endian length, u32
+        meta, the bytes, padding to 8; hepring.h), for compiled consumers that walk them with
+        hep_ring_next (hepfast.egress._store). Valid until release, like iteration's views."""
+        cdef Py_ssize_t start
+        self._check()
+        start = <Py_ssize_t>(self._p - <const uint8_t *>self._ring._view.buf)
+        return self._ring._mv[start:start + <Py_ssize_t>self._span]
+
     def write_hepraw(self, int fd):
         """Write every record to `fd` as .hepraw (4-byte big-endian length, then the packet)
         with writev over iovecs into the ring; short writes and EINTR are continued. Returns

@@ -98,6 +98,12 @@ class Destination(_Base):
     rotate_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 256 * MiB
     rotate_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     keep: Annotated[int, msgspec.Meta(ge=0)] = 24
+    # pcap: write the HEP packets themselves (UDP port 9060) instead of the packets they carry.
+    encapsulate: bool = False
+    # parquet: rows per row group (also written after flush_seconds), bytes of finished files
+    # kept (0: no limit; retention_days bounds their age).
+    row_group_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 65536
+    retention_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     # The auth key on the copies this destination receives: replaced when auth_key is set,
     # removed with strip_auth_key.
     auth_key: str = ""

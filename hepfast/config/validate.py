@@ -1,12 +1,20 @@
 """Checks beyond types: names, references between sections, addresses, ranges, chunk names."""
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
 
 from hepfast.config.errors import ConfigError
-from hepfast.config.schema import _NAME_RE, NETWORK_TRANSPORTS, PATH_TRANSPORTS, Config, Match
+from hepfast.config.schema import (
+    _NAME_RE,
+    NETWORK_TRANSPORTS,
+    PATH_TRANSPORTS,
+    Config,
+    Destination,
+    Match,
+)
 from hepfast.config.values import (
     _int,
     as_list,
@@ -40,7 +48,7 @@ def _check_name(path: str, name: str, what: str) -> None:
 # Transports this version implements (the schema knows more): checked first, so an operator is
 # told before anything else.
 IMPLEMENTED_LISTENER_TRANSPORTS = ("udp", "tcp")
-IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file", "postgres")
+IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file", "postgres", "pcap", "parquet")
 
 
 def _check_implemented(cfg: Config) -> None:
@@ -54,6 +62,22 @@ def _check_implemented(cfg: Config) -> None:
             raise ConfigError(f"destinations.{_qkey(name)}.transport",
                               f"transport {d.transport} is not supported yet (this version sends "
                               f"with: {', '.join(IMPLEMENTED_DESTINATION_TRANSPORTS)})")
+        if d.transport == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise ConfigError(f"destinations.{_qkey(name)}.transport",
+                              "the parquet destination needs pyarrow: pip install "
+                              "'hepfast[storage]' (or pyarrow)")
+
+
+# Keys of one storage transport: set on another destination they would silently do nothing.
+_STORE_KEYS = {"encapsulate": "pcap", "row_group_rows": "parquet", "retention_bytes": "parquet"}
+_DEST_DEFAULTS = Destination()
+
+
+def _check_store_keys(p: str, d) -> None:
+    for key, transport in _STORE_KEYS.items():
+        if d.transport != transport and getattr(d, key) != getattr(_DEST_DEFAULTS, key):
+            raise ConfigError(f"{p}.{key}", f"\"{key}\" is used by {transport} destinations "
+                                            f"only, not {d.transport}; remove it")
 
 
 def validate(cfg: Config, *, implemented: bool = False) -> None:
@@ -68,6 +92,7 @@ def validate(cfg: Config, *, implemented: bool = False) -> None:
         if d.auth_key and d.strip_auth_key:
             raise ConfigError(f"{p}.strip_auth_key", "set auth_key (replace the key) or "
                                                      "strip_auth_key (remove it), not both")
+        _check_store_keys(p, d)
         if d.transport in NETWORK_TRANSPORTS:
             if not d.targets:
                 raise ConfigError(f"{p}.targets", f"a {d.transport} destination needs at least "

@@ -67,7 +67,12 @@ def _cut_to_whole_records(path: str) -> int:
 
 @register("file")
 class FileEgress(Egress):
-    """Rotating .hepraw files in directory `path`; see the module docstring."""
+    """Rotating .hepraw files in directory `path`; see the module docstring. Subclasses that
+    write another format over the same rotation (hepfast.egress.pcap) set `suffix` and
+    `_name_tail` and override `_recover_part` and `send_batch`."""
+
+    suffix = SUFFIX
+    _name_tail = _NAME_TAIL
 
     def __init__(self, name: str, path: str | os.PathLike[str], rotate_bytes: int = 1 << 30,
                  rotate_seconds: float = 3600.0, keep: int | None = 24, *,
@@ -192,7 +197,7 @@ class FileEgress(Egress):
         for entry in os.listdir(self.path):
             if not entry.startswith(prefix):
                 continue
-            m = _NAME_TAIL.fullmatch(entry, len(self.name))
+            m = self._name_tail.fullmatch(entry, len(self.name))
             if m is None or bool(m.group(3)) != part:
                 continue
             out.append(((m.group(1), int(m.group(2))), entry))
@@ -206,7 +211,7 @@ class FileEgress(Egress):
             os.chmod(self.path, DIR_MODE)
         for key, entry in self._listing(part=True):
             part = os.path.join(self.path, entry)
-            if _cut_to_whole_records(part) == 0:
+            if self._recover_part(part) == 0:
                 os.unlink(part)
             else:
                 os.rename(part, part[:-len(PART)])
@@ -215,6 +220,10 @@ class FileEgress(Egress):
         for key, _ in self._listing(part=False):
             self._seq = max(self._seq, key[1] + 1)
         self._prune()
+
+    def _recover_part(self, path: str) -> int:
+        """Cut a .part file left by a crash back to its last whole record; its new length."""
+        return _cut_to_whole_records(path)
 
     def _ensure_file(self) -> bool:
         if self._fd >= 0:
@@ -226,7 +235,8 @@ class FileEgress(Egress):
                 self._prepare_dir()
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
             while True:
-                final = os.path.join(self.path, f"{self.name}-{stamp}-{self._seq:06d}{SUFFIX}")
+                final = os.path.join(self.path,
+                                     f"{self.name}-{stamp}-{self._seq:06d}{self.suffix}")
                 self._seq += 1
                 if os.path.exists(final):
                     continue

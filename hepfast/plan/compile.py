@@ -62,6 +62,9 @@ SUPPORTED_DESTINATION_TRANSPORTS = _validate.IMPLEMENTED_DESTINATION_TRANSPORTS
 # config keys of each that its egress kind receives (hepfast.egress.base.Egress.from_settings).
 EGRESS_SETTINGS: dict[str, tuple[str, ...]] = {
     "file": ("path", "rotate_bytes", "rotate_seconds", "keep"),
+    "pcap": ("path", "rotate_bytes", "rotate_seconds", "keep", "encapsulate"),
+    "parquet": ("path", "rotate_bytes", "rotate_seconds", "row_group_rows", "flush_seconds",
+                "retention_days", "retention_bytes"),
     "postgres": ("dsn", "dsn_env", "batch_rows", "flush_seconds", "queue_rows", "retention_days"),
 }
 RING_TRANSPORTS = tuple(EGRESS_SETTINGS)
