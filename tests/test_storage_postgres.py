@@ -333,6 +333,42 @@ def test_a_batch_whose_commit_was_lost_is_not_written_twice(pg_server, pg_db):  
     eg.close()
 
 
+def test_a_refused_transaction_is_retried_once_then_its_batch_fails(pg_server, pg_db,  # noqa: F811
+                                                                    monkeypatch):
+    """A transaction the server refuses (here: broken partition DDL) is retried once; refused
+    again, its batch fails (counted) and the next batch is written."""
+    from hepfast.egress.postgres import PostgresEgress
+
+    pkts = [p for p, _ in corpus_pairs()[:40]]
+    real = H.partition_ddl
+    broken = {"left": 1}
+
+    def flaky(table, start):
+        if broken["left"]:
+            broken["left"] -= 1
+            return "CREATE TABLE nonsense ("          # a syntax error, once
+        return real(table, start)
+
+    monkeypatch.setattr(H, "partition_ddl", flaky)
+    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=20, retention_days=0,
+                        threaded=False)
+    eg.open()
+    _feed(eg, _ring_with(pkts[:20]))
+    eg.flush()                                  # the retry
+    assert eg.settle() == (20, 0, 0)
+    assert eg.metrics()["errors_data_total"] == 1 and count_rows(pg_server, pg_db) == 20
+    monkeypatch.setattr(H, "partition_ddl", lambda table, start: "CREATE TABLE nonsense (")
+    eg._parts.clear()                           # make the next batch run its partition DDL
+    _feed(eg, _ring_with(pkts[20:40]))
+    eg.flush()
+    assert eg.settle() == (0, 20, 0)
+    assert eg.metrics()["errors_data_total"] == 3 and eg.metrics()["queue_rows"] == 0
+    monkeypatch.setattr(H, "partition_ddl", real)
+    _feed(eg, _ring_with(pkts[:20]))
+    eg.close()
+    assert eg.settle() == (20, 0, 0) and count_rows(pg_server, pg_db) == 40
+
+
 def test_queue_bound_and_close_while_the_server_is_away(pg_server):  # noqa: F811 - pytest fixture
     """No server (a closed port): rows wait up to queue_rows, the rest is queue_full; close()
     counts the waiting rows as failed; health says why, without the password."""

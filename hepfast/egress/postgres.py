@@ -21,9 +21,11 @@ Flow and invariants:
   the commit happened before the break (it is settled, not written again), absent means
   nothing of it is stored and it is written again. So a retried batch is stored exactly once.
 - Connection loss: reconnect with backoff (`retry_s` doubling up to `retry_max_s`), from
-  `send_batch` and idle `flush()`; meanwhile rows queue up to `queue_rows`. Errors the server
-  reports about the data itself (not the connection) fail that batch's rows, counted, so one
-  bad batch cannot block the FIFO.
+  `send_batch` and idle `flush()`; meanwhile rows queue up to `queue_rows`. An error the server
+  reports about the transaction itself (not the connection) is retried once, with the table and
+  partition DDL run again (another writer creating the same partition at the same moment makes
+  `CREATE TABLE IF NOT EXISTS` fail once); a second one fails that batch's rows, counted, so
+  one bad batch cannot block the FIFO.
 - Retention: partitions whose slice ended more than `retention_days` ago are dropped (checked
   at connect and hourly; 0 keeps everything), and batch ids older than a day are forgotten.
 - The DSN's password never leaves this module: log lines and health details are masked
@@ -53,7 +55,7 @@ ROTATE_EVERY_S = 3600.0
 
 
 class _Batch:
-    __slots__ = ("id", "tables", "rows", "parts", "born")
+    __slots__ = ("id", "tables", "rows", "parts", "born", "tries")
 
     def __init__(self, born: float) -> None:
         self.id = uuid.uuid4().hex
@@ -61,6 +63,7 @@ class _Batch:
         self.rows = 0
         self.parts: set[tuple[str, int]] = set()
         self.born = born
+        self.tries = 0
 
 
 @register("postgres")
@@ -385,15 +388,19 @@ class PostgresEgress(Egress):
             self._down("connection", e)
             return False
         except psycopg.Error as e:
-            self._say(logging.WARNING, "%s: batch of %d rows refused: %s", self.name, b.rows,
-                      " ".join(str(e).split()))
+            b.tries += 1
+            self._tables.clear()               # the failed transaction may have held DDL
+            self._parts.clear()
+            last = b.tries >= 2
+            self._say(logging.WARNING, "%s: batch of %d rows refused%s: %s", self.name, b.rows,
+                      "" if last else " (retrying it once)", " ".join(str(e).split()))
             with self._lock:
                 self.errors["data"] += 1
+                if not last:
+                    return False
                 self.rows_failed += b.rows
                 self._settle[1] += b.rows
                 self._waiting -= b.rows
-            self._tables.clear()               # the failed transaction may have held DDL
-            self._parts.clear()
             return True
         self._tables.update(b.tables)
         created = b.parts - self._parts
