@@ -75,6 +75,7 @@ H_STATE = 7              # 0 starting, 1 running, 2 draining, 3 exited
 H_RESTARTS = 8           # (row 0 only) workers replaced after a crash
 H_REFUSED = 9            # last plan generation this worker could not take (0: none)
 H_DRAIN_LEFT = 10        # datagrams left in the sockets when the drain timed out
+H_SEEN = 11              # the wanted generation the worker last acted on (took or refused)
 HEADER = 16
 
 N_INVALID = 16           # room for INVALID_NAMES

@@ -197,7 +197,9 @@ def test_reload_requests_in_progress_share_its_result(tmp_path, sink):
             threads = [threading.Thread(target=post) for _ in range(5)]
             for t in threads:
                 t.start()
-                time.sleep(0.05)
+            # All five are waiting for a result (the first one's reload is in progress).
+            wait_until(lambda: status(sw)["reloads"]["waiting"] == 5, 30, "five waiting requests")
+            assert status(sw)["reloads"]["in_progress"]
         finally:
             os.kill(wpid, signal.SIGCONT)
         for t in threads:

@@ -27,6 +27,7 @@ from hepfast.dataplane.counters import Counters
 
 CTL_GENERATION = 0
 CTL_SUPERVISOR = 1
+CTL_EPOCH = 2            # +1 whenever CTL_GENERATION is set: workers echo it (H_SEEN)
 CTL_WORDS = 512
 
 RING_HEADER = 4096

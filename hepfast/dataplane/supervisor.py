@@ -144,6 +144,8 @@ class Supervisor:
         self._plock = threading.Lock()         # the pending request slot
         self._flags: set[str] = set()
         self._pending: _ReloadRequest | None = None
+        self.reload_in_progress = False
+        self.reload_waiting = 0                 # requests waiting for a reload's result
         self._serving = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -192,7 +194,7 @@ class Supervisor:
         self._write(self.compiled, 1, slots, str(self.config_path))
         self.generation = 1
         self.plan_slots = slots
-        self.ctl.arr[R.CTL_GENERATION] = 1
+        self._want(1)
 
     def rule_slot(self, name: str) -> int:
         return self.slots.rules.slots[name]
@@ -251,8 +253,14 @@ class Supervisor:
             elif p is not None:
                 req.path = p
         self._signal("reload-request")
-        if not req.done.wait(timeout):
-            return False, "reload still in progress (timed out waiting for it)"
+        with self._plock:
+            self.reload_waiting += 1
+        try:
+            if not req.done.wait(timeout):
+                return False, "reload still in progress (timed out waiting for it)"
+        finally:
+            with self._plock:
+                self.reload_waiting -= 1
         return req.result
 
     def _refuse(self, msg: str) -> tuple[bool, str]:
@@ -263,9 +271,11 @@ class Supervisor:
 
     def _reload(self, path: Path | None) -> tuple[bool, str]:
         self._hook("reload_start")
+        self.reload_in_progress = True
         try:
             result = self._reload_inner(path)
         finally:
+            self.reload_in_progress = False
             self._hook("reload_end")
         return result
 
@@ -293,10 +303,10 @@ class Supervisor:
             self._write(c, gen, slots, str(p))
         except OSError as exc:
             return self._refuse(f"cannot write the plan: {exc}")
-        self.ctl.arr[R.CTL_GENERATION] = gen
+        self._want(gen)
         ok, why = self._await_generation(gen)
         if not ok:
-            self.ctl.arr[R.CTL_GENERATION] = old
+            self._want(old)
             self._await_generation(old)
             _unlink(R.plan_path(self.rundir, gen))
             for path_ in made:
@@ -327,8 +337,15 @@ class Supervisor:
             raise ConfigError("admin.listen", "admin.listen cannot change on reload "
                               "(restart hepfast to rebind the admin API)")
 
+    def _want(self, gen: int) -> None:
+        """Ask the workers for generation `gen` (they echo the epoch once they acted on it)."""
+        self.ctl.arr[R.CTL_GENERATION] = gen
+        self.ctl.arr[R.CTL_EPOCH] += 1
+
     def _await_generation(self, gen: int) -> tuple[bool, str]:
-        """Wait until every live worker runs `gen` (ok) or one refuses it (its reason)."""
+        """Wait until every live worker has acted on the latest request and runs `gen` (ok),
+        or one refuses it (its reason)."""
+        epoch = int(self.ctl.arr[R.CTL_EPOCH])
         deadline = time.monotonic() + RELOAD_ACK_TIMEOUT_S
         while True:
             waiting = []
@@ -336,6 +353,9 @@ class Supervisor:
                 if w.proc is None or w.proc.poll() is not None:
                     continue                      # respawned later with the wanted generation
                 row = self.counters.row(w.row)
+                if int(row[K.H_SEEN]) < epoch:
+                    waiting.append(w.index)       # has not acted on this request yet
+                    continue
                 if int(row[K.H_GENERATION]) == gen:
                     continue
                 if int(row[K.H_REFUSED]) == gen:
@@ -407,6 +427,7 @@ class Supervisor:
         row = self.counters.row(w.row)
         row[K.H_GENERATION] = 0
         row[K.H_REFUSED] = 0
+        row[K.H_SEEN] = 0
         row[K.H_STATE] = 0
         row[K.H_HEARTBEAT] = time.monotonic_ns()
         fds = [s.fileno() for s in self.listener_socks[w.index]]

@@ -28,7 +28,15 @@ import socket
 import sys
 import time
 
-from hepfast.constants import EGRESS, H_GENERATION, H_HEARTBEAT, H_PID, H_REFUSED, H_STATE
+from hepfast.constants import (
+    EGRESS,
+    H_GENERATION,
+    H_HEARTBEAT,
+    H_PID,
+    H_REFUSED,
+    H_SEEN,
+    H_STATE,
+)
 from hepfast.dataplane import rundir as R
 from hepfast.plan.format import Plan, read_plan
 
@@ -151,6 +159,7 @@ def main(argv: list[str]) -> int:
     current: Plan | None = None
     drain_timeout = 2.0
     while not stop.flag:
+        epoch = int(ctl.arr[R.CTL_EPOCH])         # read before the generation it announces
         want = int(ctl.arr[R.CTL_GENERATION])
         if want != gen and want != refused:
             try:
@@ -177,6 +186,9 @@ def main(argv: list[str]) -> int:
                 row[H_REFUSED] = want
                 if gen < 0:
                     return EXIT_BOOT_ERROR
+        # What this worker has acted on: the supervisor waits for it before it answers a reload
+        # (so no worker is still busy with a generation the supervisor has given up).
+        row[H_SEEN] = epoch
         worker.run(SLICE_MS)
         if os.getppid() != parent:
             break                       # the supervisor is gone: drain and exit

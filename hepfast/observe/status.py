@@ -104,6 +104,8 @@ class Reloads(msgspec.Struct):
     ok: int
     error: int
     last_error: str | None
+    in_progress: bool = False       # a reload is being applied now
+    waiting: int = 0                # requests waiting for a reload's result
 
 
 class Totals(msgspec.Struct):
@@ -242,7 +244,8 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
         health=str(why), rate_window_s=round(dt, 3), workers=workers,
         restarts=int(sup.restarts),
         reloads=Reloads(int(sup.reload_counts.get("ok", 0)), int(sup.reload_counts.get("error", 0)),
-                        sup.last_reload_error),
+                        sup.last_reload_error, bool(getattr(sup, "reload_in_progress", False)),
+                        int(getattr(sup, "reload_waiting", 0))),
         totals=totals, listeners=listeners, rules=rules, destinations=list(dests.values()),
         dropped=dropped, invalid=invalid, sockets=sockets)
 
