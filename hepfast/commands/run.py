@@ -120,6 +120,11 @@ def main(args) -> int:
         say(f"fix the config (`hepfast check -c {path}` shows the same error) and start again",
             level="error")
         return 2
+    # Secrets of the running config (auth keys, token, DSN passwords) never reach the log, also
+    # without the admin API (which installs the same filter while it runs).
+    from hepfast.observe.redact import install_log_filter, secrets_of
+
+    install_log_filter(lambda: secrets_of(sup.compiled.config))
     try:
         sup.start()
     except OSError as exc:
