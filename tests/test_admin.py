@@ -113,7 +113,8 @@ def test_status_document(admin, sup):
     assert [w["index"] for w in st["workers"]] == [0, 1]
     assert st["restarts"] == 1
     assert st["reloads"] == {"ok": 2, "error": 1,
-                             "last_error": 'rules[0].forward[0]: unknown destination "homr"'}
+                             "last_error": 'rules[0].forward[0]: unknown destination "homr"',
+                             "in_progress": False, "waiting": 0}
     lis = {li["name"]: li for li in st["listeners"]}
     assert lis["agents"]["received"] == 8 and lis["agents"]["proto_types"] == {"sip": 8}
     assert lis["edge"]["received"] == 2 and lis["edge"]["invalid"] == 3
