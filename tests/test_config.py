@@ -320,7 +320,7 @@ ACCEPTED = [
     BASE + '[destinations.a]\ntransport = "pcap"\npath = "/tmp/x"\n'
            '[destinations.b]\ntransport = "postgres"\ndsn = "postgresql://x"\n'
            '[destinations.c]\ntargets = ["1.2.3.4:5"]\ntransport = "tls"\nmode = "failover"\n'
-           'hep_version = 2\n',
+           'hep_version = 3\nspool = "/tmp/spool"\ntls_verify = false\n',
 ]
 
 
@@ -370,8 +370,8 @@ CHECK_ERRORS = [
      "listeners[0].transport: transport tls is not supported yet"),
     (BASE + '[destinations.arch]\ntransport = "file"\npath = "/tmp/x"\nencapsulate = true\n',
      'destinations.arch.encapsulate: "encapsulate" is used by pcap destinations only'),
-    (BASE + '[destinations.t]\ntargets = ["1.2.3.4:5"]\ntransport = "tls"\n',
-     "destinations.t.transport: transport tls is not supported yet"),
+    (BASE + '[destinations.t]\ntargets = ["1.2.3.4:5"]\ntransport = "tls"\nhep_version = 2\n',
+     "destinations.t.hep_version: a stream carries HEPv3 only"),
     (BASE + '[destinations.pg]\ntransport = "postgres"\n',
      "destinations.pg.dsn: a postgres destination needs \"dsn\""),
     ("[switch\n", "not valid TOML"),

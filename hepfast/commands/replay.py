@@ -23,7 +23,16 @@ def add_arguments(p) -> None:
                       help="send exactly N packets (looping as needed)")
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="sending processes (each its own socket); the work is split exactly")
-    p.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    p.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp",
+                   help="tcp and tls: one stream per process, packets back to back")
+    p.add_argument("--tls-ca", default="", metavar="FILE",
+                   help="tls: CA file that signed the receiver's certificate (default: system)")
+    p.add_argument("--tls-cert", default="", metavar="FILE", help="tls: client certificate")
+    p.add_argument("--tls-key", default="", metavar="FILE", help="tls: its private key")
+    p.add_argument("--tls-server-name", default="", metavar="NAME",
+                   help="tls: the name the receiver's certificate must carry (default: --to host)")
+    p.add_argument("--tls-no-verify", action="store_true",
+                   help="tls: do not verify the receiver's certificate (tests only)")
     p.add_argument("--stamp", action="store_true",
                    help="write the send time into the HEP timestamp (sink measures latency)")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="packets per sendmmsg")
@@ -90,7 +99,9 @@ def main(args) -> int:
     nproc = args.processes
     shares = [(0, g1)]
     base = dict(to=to, transport=args.transport, speed=args.speed, duration=args.duration,
-                batch=args.batch, stamp=args.stamp, rate=args.rate / nproc)
+                batch=args.batch, stamp=args.stamp, rate=args.rate / nproc,
+                tls=(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name,
+                     not args.tls_no_verify) if args.transport == "tls" else ())
     try:
         if nproc == 1:
             res = replay.run_plan(pset, replay.Plan(g0=0, g1=g1, **base),

@@ -1,16 +1,22 @@
-"""`hepfast sink`: receive HEP over UDP, count it, optionally write it out; a JSON summary at the end.
+"""`hepfast sink`: receive HEP over UDP, TCP or TLS, count it, optionally write it out; a JSON
+summary at the end.
 
 The summary and the --jsonl lines are compact JSON like `hepfast decode`'s (the lines are the same
 objects decode writes, `index` being the arrival order). Latency only with --stamped.
 """
 from __future__ import annotations
 
-HELP = "receive HEP over UDP (tests, demos, benchmarks): counts, loss, latency, JSON lines"
+HELP = "receive HEP over UDP, TCP or TLS (tests, demos, benchmarks): counts, loss, latency, JSON lines"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--listen", required=True, metavar="HOST:PORT",
-                   help="address to receive on; port 0 picks a free one (printed on stderr)")
+    p.add_argument("--listen", required=True, metavar="[tcp:|tls:]HOST:PORT",
+                   help="address to receive on (UDP unless tcp: or tls: comes first: a stream "
+                        "framed by the HEPv3 length); port 0 picks a free one (printed on stderr)")
+    p.add_argument("--tls-cert", metavar="FILE", help="tls: the sink's certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="tls: its private key (PEM)")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="tls: require client certificates signed by this CA")
     p.add_argument("--jsonl", metavar="FILE", help="write every packet decoded, one JSON per line "
                    "('-' for stdout, then the summary goes to stderr)")
     p.add_argument("--raw", metavar="FILE", help="write the received bytes as .hepraw")
@@ -32,10 +38,16 @@ def main(args) -> int:
     import signal
     import sys
 
-    from hepfast.tools.sink import Sink, parse_hostport, progress_line
+    from hepfast.tools.sink import (
+        Sink,
+        StreamSink,
+        parse_listen,
+        progress_line,
+        server_context,
+    )
 
     try:
-        host, port = parse_hostport(args.listen)
+        scheme, host, port = parse_listen(args.listen)
     except ValueError as exc:
         print(f"hepfast sink: --listen {exc}", file=sys.stderr)
         return 2
@@ -48,14 +60,25 @@ def main(args) -> int:
             jsonl = open(args.jsonl, "w")
         if args.raw:
             raw = open(args.raw, "wb")
-        sink = Sink((host, port), keep=False, jsonl=jsonl, raw=raw, rcvbuf=args.rcvbuf,
-                    latency=args.stamped)
+        if scheme == "udp":
+            sink = Sink((host, port), keep=False, jsonl=jsonl, raw=raw, rcvbuf=args.rcvbuf,
+                        latency=args.stamped)
+        else:
+            ctx = None
+            if scheme == "tls":
+                if not args.tls_cert or not args.tls_key:
+                    print("hepfast sink: tls: needs --tls-cert and --tls-key", file=sys.stderr)
+                    return 2
+                ctx = server_context(args.tls_cert, args.tls_key, args.tls_ca or "")
+            sink = StreamSink((host, port), keep=False, jsonl=jsonl, raw=raw,
+                              latency=args.stamped, tls=ctx)
     except OSError as exc:
         print(f"hepfast sink: cannot listen on {args.listen}: {exc.strerror or exc}"
               " (is the port taken? try another or port 0)", file=sys.stderr)
         return 1
     shown_host = f"[{sink.host}]" if ":" in sink.host else sink.host
-    print(f"listening on {shown_host}:{sink.port}", file=sys.stderr, flush=True)
+    print(f"listening on {'' if scheme == 'udp' else scheme + ':'}{shown_host}:{sink.port}",
+          file=sys.stderr, flush=True)
 
     # SIGTERM/SIGINT only ask the loop to stop: the summary is still printed.
     def _stop(signum, frame):

@@ -108,6 +108,23 @@ class Destination(_Base):
     # removed with strip_auth_key.
     auth_key: str = ""
     strip_auth_key: bool = False
+    # Streams (tcp, tls; hepfast.egress.stream): TCP keepalive idle seconds (0: off), packets and
+    # bytes waiting in memory per target, a spool directory for what does not fit or cannot be
+    # sent (None: drop it as queue_full) and its size bound, the reconnect backoff's bounds.
+    keepalive: Annotated[float, msgspec.Meta(ge=0, le=7200)] = 15.0
+    queue_packets: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 100_000
+    queue_bytes: Annotated[int, msgspec.Meta(ge=65536, le=1 << 40)] = 64 * MiB
+    spool: str | None = None
+    spool_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 1024 * MiB
+    reconnect_min_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 0.5
+    reconnect_max_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    # tls: the name the server's certificate must carry (default: the target's host), the CA
+    # file (default: the system's), a client certificate and its key, and whether to verify.
+    tls_server_name: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_verify: bool = True
 
 
 class Match(_Base):

@@ -15,6 +15,7 @@ from hepfast.config.schema import (
     Destination,
     Match,
 )
+from hepfast.config import schema as _schema
 from hepfast.config.values import (
     _int,
     as_list,
@@ -49,6 +50,7 @@ def _check_name(path: str, name: str, what: str) -> None:
 # told before anything else.
 IMPLEMENTED_LISTENER_TRANSPORTS = ("udp", "tcp")
 IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file", "postgres", "pcap", "parquet")
+IMPLEMENTED_DESTINATION_TRANSPORTS += ("tcp", "tls")      # hepfast.egress.stream
 
 
 def _check_implemented(cfg: Config) -> None:
@@ -80,6 +82,38 @@ def _check_store_keys(p: str, d) -> None:
                                             f"only, not {d.transport}; remove it")
 
 
+_STREAM_KEYS = ("keepalive", "queue_packets", "queue_bytes", "spool", "spool_max_bytes",
+                "reconnect_min_s", "reconnect_max_s")
+_TLS_KEYS = ("tls_server_name", "tls_ca", "tls_cert", "tls_key", "tls_verify")
+_STREAM_DEFAULTS = _schema.Destination()
+
+
+def _check_stream_keys(p: str, d) -> None:
+    """Stream keys on a stream destination only; tls keys on tls only; consistent values."""
+    for key in _STREAM_KEYS + _TLS_KEYS:
+        if getattr(d, key) == getattr(_STREAM_DEFAULTS, key):
+            continue
+        if d.transport not in ("tcp", "tls") or (key in _TLS_KEYS and d.transport != "tls"):
+            who = "tls" if key in _TLS_KEYS else "tcp and tls"
+            raise ConfigError(f"{p}.{key}", f"\"{key}\" is used by {who} destinations only, "
+                                            f"not {d.transport}; remove it")
+    if d.transport not in ("tcp", "tls"):
+        return
+    if d.hep_version != 3:
+        raise ConfigError(f"{p}.hep_version", "a stream carries HEPv3 only (its framing is the "
+                                              "v3 length field)")
+    if d.reconnect_min_s > d.reconnect_max_s:
+        raise ConfigError(f"{p}.reconnect_min_s", "must not exceed reconnect_max_s")
+    if d.tls_key and not d.tls_cert:
+        raise ConfigError(f"{p}.tls_key", "a client key needs tls_cert")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(d, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{p}.{key}", f"{path}: no such file")
+    if d.spool is not None and not d.spool:
+        raise ConfigError(f"{p}.spool", "an empty spool directory; remove the key for none")
+
+
 def validate(cfg: Config, *, implemented: bool = False) -> None:
     if implemented:
         _check_implemented(cfg)
@@ -92,6 +126,7 @@ def validate(cfg: Config, *, implemented: bool = False) -> None:
         if d.auth_key and d.strip_auth_key:
             raise ConfigError(f"{p}.strip_auth_key", "set auth_key (replace the key) or "
                                                      "strip_auth_key (remove it), not both")
+        _check_stream_keys(p, d)
         _check_store_keys(p, d)
         if d.transport in NETWORK_TRANSPORTS:
             if not d.targets:

@@ -18,6 +18,9 @@ OFF_FORWARDED of the destination's target slot (the workers counted OFF_QUEUED w
 entered the ring), what it refused to OFF_SEND_ERR and the destination's send_error drop; the
 last success and failure times feed hepfast_destination_up. About once a second it writes
 `egress-<DEST_SLOT>.json` (health, the Egress's own metrics, ring depth) for /status and /metrics.
+A stream destination (tcp, tls: real targets, one slot each) counts itself through
+`TargetCounting` instead: forwarded and send errors per target, drops per destination, and each
+target's connection state in its last-ok / last-error cells.
 
 Like a worker it exits when the supervisor dies; on SIGTERM it drains the rings (bounded by the
 plan's drain_timeout) and closes the store.
@@ -36,6 +39,41 @@ from hepfast.dataplane.worker import EXIT_BOOT_ERROR, die_with_parent, run_child
 from hepfast.plan.format import read_plan
 
 
+# Transports whose kind lives in a module of another name.
+STREAM_MODULES = {"tcp": "stream", "tls": "stream"}
+
+
+class TargetCounting:
+    """Counts of an egress with several real targets (hepfast.egress.stream), which it reports
+    itself (`bind_counting`): per target forwarded and send errors, per destination drops, and
+    each target's connection state in its last-ok / last-error cells (hepfast_destination_up)."""
+
+    def __init__(self, row, dest) -> None:
+        self.row = row
+        self.slots = [t.slot for t in dest.targets]
+        self.drop_err = K.OFF_DEST_DROP + dest.slot * K.N_DROP + K.DROP["send_error"]
+        self.drop_full = K.OFF_DEST_DROP + dest.slot * K.N_DROP + K.DROP["queue_full"]
+
+    def forwarded(self, i: int, n: int) -> None:
+        self.row[K.OFF_FORWARDED + self.slots[i]] += n
+
+    def failed(self, i: int, n: int) -> None:
+        self.row[K.OFF_SEND_ERR + self.slots[i]] += n
+        self.row[self.drop_err] += n
+
+    def queue_full(self, n: int) -> None:
+        self.row[self.drop_full] += n
+
+    def state(self, i: int, up: bool, err: int) -> None:
+        now = time.monotonic_ns()
+        slot = self.slots[i]
+        if up:
+            self.row[K.OFF_LAST_OK + slot] = now
+        else:
+            self.row[K.OFF_LAST_ERR + slot] = max(now, int(self.row[K.OFF_LAST_OK + slot]) + 1)
+            self.row[K.OFF_LAST_ERRNO + slot] = err
+
+
 def status_path(rundir: str, dest_slot: int) -> str:
     return os.path.join(rundir, f"egress-{dest_slot}.json")
 
@@ -47,9 +85,13 @@ def make_egress(dest):
 
     from hepfast.egress.base import EGRESS_KINDS
 
+    module = STREAM_MODULES.get(dest.transport, dest.transport)
     if dest.transport not in EGRESS_KINDS:
-        importlib.import_module(f"hepfast.egress.{dest.transport}")
-    return EGRESS_KINDS[dest.transport].from_settings(dest.name, dict(dest.settings))
+        importlib.import_module(f"hepfast.egress.{module}")
+    kind = EGRESS_KINDS[dest.transport]
+    if hasattr(kind, "from_destination"):          # kinds with real targets (streams)
+        return kind.from_destination(dest)
+    return kind.from_settings(dest.name, dict(dest.settings))
 
 
 def main(argv: list[str]) -> int:
@@ -112,13 +154,22 @@ def main(argv: list[str]) -> int:
     def queue_full(n: int) -> None:
         row[drop_full] += n
 
+    on_forwarded = forwarded
+    if hasattr(egress, "bind_counting"):
+        # It counts per target itself; send_batch returns the whole batch as taken (so the
+        # loop's own forwarded count is not kept; its errors, a bug's batch, still are).
+        egress.bind_counting(TargetCounting(row, dest))
+
+        def on_forwarded(n: int) -> None:
+            pass
+
     def should_stop() -> bool:
         write_status()
         return stopping["flag"] or os.getppid() != parent
 
     from hepfast.egress.process import run_egress
 
-    run_egress(egress, rings, on_forwarded=forwarded, on_error=failed, on_queue_full=queue_full,
+    run_egress(egress, rings, on_forwarded=on_forwarded, on_error=failed, on_queue_full=queue_full,
                should_stop=should_stop,
                drain_deadline_s=plan.drain_timeout + 1.0)
     write_status(force=True)

@@ -67,6 +67,13 @@ EGRESS_SETTINGS: dict[str, tuple[str, ...]] = {
                 "retention_days", "retention_bytes"),
     "postgres": ("dsn", "dsn_env", "batch_rows", "flush_seconds", "queue_rows", "retention_days"),
 }
+# Streams (hepfast.egress.stream) have real targets: each gets its own counter slot.
+_STREAM_KEYS = ("keepalive", "queue_packets", "queue_bytes", "spool", "spool_max_bytes",
+                "reconnect_min_s", "reconnect_max_s")
+EGRESS_SETTINGS["tcp"] = _STREAM_KEYS
+EGRESS_SETTINGS["tls"] = _STREAM_KEYS + ("tls_server_name", "tls_ca", "tls_cert", "tls_key",
+                                         "tls_verify")
+STREAM_TRANSPORTS = ("tcp", "tls")
 RING_TRANSPORTS = tuple(EGRESS_SETTINGS)
 _generation = itertools.count(1)
 
@@ -256,7 +263,9 @@ def compile_config(cfg: Config) -> Compiled:
             targets.append(Target(rhost, port, fam, t, target_seed(host, port)))
         ring = d.transport in RING_TRANSPORTS
         settings: tuple = ()
-        if ring:
+        if ring and d.transport in STREAM_TRANSPORTS:
+            settings = tuple((k, getattr(d, k)) for k in EGRESS_SETTINGS[d.transport])
+        elif ring:
             # One pseudo-target, the store itself: forwarded{destination, target=path}.
             targets.append(Target("", 0, 0, d.path or _dsn_label(d.dsn, d.dsn_env) or name, 0))
             settings = tuple((k, getattr(d, k)) for k in EGRESS_SETTINGS[d.transport])

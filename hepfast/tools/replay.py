@@ -328,7 +328,7 @@ def load(sources: list[str], capture_id: int = 0, node: str | None = None) -> li
 
 class Plan(NamedTuple):
     to: tuple[str, int]
-    transport: str          # udp | tcp
+    transport: str          # udp | tcp | tls
     rate: float             # pps for this process (0: as fast as possible)
     speed: float            # >0: keep capture timing divided by speed
     g0: int                 # first global position
@@ -336,6 +336,74 @@ class Plan(NamedTuple):
     duration: float         # seconds (0: none)
     batch: int
     stamp: bool
+    tls: tuple = ()         # tls: (ca, cert, key, server_name, verify)
+
+
+def connect_tls(to: tuple[str, int], tls: tuple) -> socket.socket:
+    """A blocking TLS connection (hepfast.egress.stream.make_client_context)."""
+    from hepfast.egress.stream import make_client_context
+
+    ca, cert, key, server_name, verify = (tuple(tls) + ("", "", "", "", True))[:5]
+    try:
+        ctx = make_client_context(ca, cert, key, verify)
+    except (OSError, ValueError) as exc:
+        raise ReplayError(f"tls: {exc}") from None
+    raw = connect(to, "tcp")
+    try:
+        return ctx.wrap_socket(raw, server_hostname=server_name or to[0])
+    except (OSError, ValueError) as exc:
+        raw.close()
+        raise ReplayError(f"tls handshake with {to[0]}:{to[1]} failed: {exc}") from None
+
+
+class _TlsRelay:
+    """The C send loop writes plain bytes into one end of a socketpair; this thread moves them
+    into the TLS connection (so the sender stays the same C loop as for tcp)."""
+
+    def __init__(self, tls_sock: socket.socket) -> None:
+        import threading
+
+        self.tls = tls_sock
+        self.ours, self.theirs = socket.socketpair()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="tls-relay")
+        self.thread.start()
+
+    def _run(self) -> None:
+        buf = bytearray(1 << 18)
+        try:
+            while True:
+                n = self.theirs.recv_into(buf)
+                if n == 0:
+                    break
+                self.tls.sendall(memoryview(buf)[:n])
+        except OSError as exc:
+            self.error = exc.strerror or str(exc)
+
+    def finish(self) -> None:
+        try:
+            self.ours.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.thread.join(timeout=30)
+        for s in (self.ours, self.theirs):
+            s.close()
+        _close_stream(self.tls)
+
+
+def _close_stream(sock: socket.socket, timeout_s: float = 5.0) -> None:
+    """End our side, then read until the peer closes (bounded) before closing: a socket closed
+    with unread data (a TLS server's session tickets) sends a reset, and a reset makes the
+    peer's kernel discard what its application has not read yet."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+        sock.settimeout(timeout_s)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and sock.recv(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    sock.close()
 
 
 def connect(to: tuple[str, int], transport: str) -> socket.socket:
@@ -362,7 +430,7 @@ def make_sender(pset: PacketSet, plan: Plan, fd: int):
     from hepfast.tools._sender import Sender
 
     sender = Sender(fd, plan.rate if not plan.speed else 0.0, plan.batch, plan.stamp,
-                    plan.transport == "tcp")
+                    plan.transport in ("tcp", "tls"))
     mark_pos, mark_start = pset.mark_index()
     sched = (pset.sched / plan.speed).astype(np.int64) if plan.speed else None
     span = max(1, int(pset.span_ns / plan.speed)) if plan.speed else 0
@@ -377,7 +445,12 @@ def run_plan(pset: PacketSet, plan: Plan, counters=None, progress=None) -> dict:
     The send loop (C) crosses loop boundaries itself; Python only runs between 0.25 s slices."""
     from hepfast.tools._sender import monotonic_ns
 
-    sock = connect(plan.to, plan.transport)
+    relay = None
+    if plan.transport == "tls":
+        relay = _TlsRelay(connect_tls(plan.to, plan.tls))
+        sock = relay.ours
+    else:
+        sock = connect(plan.to, plan.transport)
     sender = make_sender(pset, plan, sock.fileno())
     g, g1 = plan.g0, plan.g1 if plan.g1 >= 0 else 1 << 62
     t_start = monotonic_ns()
@@ -398,12 +471,17 @@ def run_plan(pset: PacketSet, plan: Plan, counters=None, progress=None) -> dict:
                 break
     finally:
         seconds = (monotonic_ns() - t_start) / 1e9
-        if plan.transport == "tcp" and not broken:
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        sock.close()
+        if relay is not None:
+            relay.finish()
+            if relay.error and not broken:
+                broken = relay.error
+        else:
+            if plan.transport == "tcp" and not broken:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            sock.close()
         if counters is not None:
             counters[0], counters[1], counters[2], counters[3] = (
                 sender.sent, sender.errors, sender.skipped, int(seconds * 1e9))

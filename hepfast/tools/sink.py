@@ -17,6 +17,13 @@ index being the arrival order; a datagram that does not parse is `{"index", "inv
 
 `Sink` runs in-process (in a thread) for tests: `Sink("127.0.0.1:0").start()`, `.port`,
 `.packets`, `.wait_for(n, timeout)`, `.close()`.
+
+`StreamSink` is the same over TCP or TLS (`hepfast sink --listen tcp:HOST:PORT`, `tls:...` with
+a certificate): every connection is framed by the HEPv3 length (hepfast.tools.capture.framing,
+closed on garbage, counted as invalid), each packet counted by the same Receiver. Its close() is
+a collector's orderly stop: the listening socket goes first, then every connection is shut down
+for writing and read until the sender closes its side (bounded), so nothing the sender wrote
+before it noticed is lost.
 """
 from __future__ import annotations
 
@@ -256,6 +263,192 @@ class Sink:
         else:
             out["latency_us"] = None
         return out
+
+
+class StreamSink(Sink):
+    """A TCP (or, with `tls`, an ssl.SSLContext of the server side, TLS) HEP receiver."""
+
+    def __init__(self, listen: str | tuple[str, int] = "127.0.0.1:0", *, keep: bool = True,
+                 jsonl: IO[str] | None = None, raw: IO[bytes] | None = None,
+                 latency: bool = False, tls=None, rcvbuf: int = RCVBUF, batch: int = 64):
+        from hepfast.tools._receiver import Receiver
+
+        host, port = parse_hostport(listen) if isinstance(listen, str) else listen
+        self.sock = socket.socket(family_of(host), socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        self.tls = tls
+        self.keep = keep
+        self.jsonl = jsonl
+        self.raw = raw
+        self.latency = latency
+        self.receiver = Receiver(batch, LATENCY_WINDOW_S if latency else 0.0)
+        self._index = 0
+        self.packets: list[bytes] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = time.monotonic()
+        self.connections = 0
+        self.closed_bad = 0
+        self.tls_failures = 0
+
+    def serve(self, idle: float | None = None, timeout: float | None = None,
+              progress=None) -> str:
+        import selectors
+        import ssl
+
+        from hepfast.tools._receiver import realtime_ns
+        from hepfast.tools.capture.framing import StreamError, split_hep_stream
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, None)
+        bufs: dict = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_progress = time.monotonic() + 1.0
+        why = "closed"
+
+        def drop(conn) -> None:
+            sel.unregister(conn)
+            bufs.pop(conn, None)
+            conn.close()
+
+        def take(conn, data: bytes) -> None:
+            try:
+                msgs, rest = split_hep_stream(bufs[conn] + data)
+            except StreamError:
+                self.receiver.account(data[:1], realtime_ns())     # counted as invalid
+                self.closed_bad += 1
+                drop(conn)
+                return
+            bufs[conn] = rest
+            now = realtime_ns()
+            for m in msgs:
+                self._deliver(m, now)
+
+        def read(conn) -> bool:
+            """Read until the socket would block (TLS: OpenSSL may hold several records already
+            read from the kernel, which no readiness event announces). False once closed."""
+            while conn in bufs:
+                try:
+                    data = conn.recv(1 << 18)
+                except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                        ssl.SSLWantWriteError):
+                    return True
+                except (OSError, ssl.SSLError):
+                    drop(conn)
+                    return False
+                if not data:
+                    drop(conn)
+                    return False
+                take(conn, data)
+            return False
+
+        def accept() -> None:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            if self.tls is not None:
+                conn.settimeout(5.0)
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError):
+                    self.tls_failures += 1
+                    conn.close()
+                    return
+            conn.setblocking(False)
+            self.connections += 1
+            bufs[conn] = b""
+            sel.register(conn, selectors.EVENT_READ, "conn")
+
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    why = "timeout"
+                    break
+                if idle and self.received and now - self._last_arrival >= idle:
+                    why = "idle"
+                    break
+                for key, _ev in sel.select(0.05):
+                    if key.data is None:
+                        accept()
+                    else:
+                        read(key.fileobj)
+                if progress is not None and time.monotonic() >= next_progress:
+                    progress(self)
+                    next_progress += 1.0
+            # The orderly stop: no new connections, each open one told (FIN) and read to its end.
+            sel.unregister(self.sock)
+            self.sock.close()
+            end = time.monotonic() + 2.0
+            for conn in list(bufs):
+                try:
+                    # socket.socket's own: SSLSocket.shutdown would drop the TLS layer and
+                    # read the rest of the stream as raw records.
+                    socket.socket.shutdown(conn, socket.SHUT_WR)
+                except OSError:
+                    pass
+            while bufs and time.monotonic() < end:
+                for key, _ev in sel.select(0.05):
+                    if key.data is not None:
+                        read(key.fileobj)
+            for conn in list(bufs):
+                drop(conn)
+        finally:
+            sel.close()
+        return why
+
+    def _deliver(self, data: bytes, now_ns: int) -> None:
+        self.receiver.account(data, now_ns)
+        self._last_arrival = time.monotonic()
+        if self.raw is not None:
+            self.raw.write(struct.pack(">I", len(data)))
+            self.raw.write(data)
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(_decode_dict(data, self._index),
+                                        separators=(",", ":")) + "\n")
+        self._index += 1
+        if self.keep:
+            with self._cond:
+                self.packets.append(data)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def server_context(cert: str, key: str, ca: str = ""):
+    """The server side of a tls sink: its certificate and key; with `ca`, clients must present
+    a certificate that CA signed."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if ca:
+        ctx.load_verify_locations(cafile=ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def parse_listen(text: str) -> tuple[str, str, int]:
+    """("udp" | "tcp" | "tls", host, port) from "[udp:|tcp:|tls:]HOST:PORT"."""
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in ("udp", "tcp", "tls"):
+        host, port = parse_hostport(rest)
+        return scheme, host, port
+    host, port = parse_hostport(text)
+    return "udp", host, port
 
 
 def _decode_dict(data: bytes, index: int | None = None) -> dict:
