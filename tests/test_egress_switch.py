@@ -171,6 +171,7 @@ def test_a_stopped_egress_fills_its_ring_and_udp_loses_nothing(tmp_path, sink):
     assert summary["forwarded"][f"rec/{rec}"] + full == len(pkts)
     assert "collector" not in summary["dropped_by_destination"]
     assert len(recorded(rec)) == len(pkts) - full
+    assert "destination rec:" in sw.stderr() and "queue is full" in sw.stderr()  # logged
     check_accounting(summary)
 
 

@@ -649,6 +649,7 @@ class Supervisor:
         finally:
             self._serving = False
             self._serve_pending()
+        self.watch()                          # what happened since the last second, before stop
         self._hook("stopping")
         log.info("stopping: draining %d worker(s)", self.nworkers)
         return self.shutdown()
