@@ -9,6 +9,8 @@ What runs:
   counts bytes (so the collector is never the bottleneck). pps is packets over wall time from
   the first batch until the collector has every byte; CPU is this process's user+system time
   over the same span (the egress thread is the only busy one).
+- tcp-hash x N (`--targets N`, default 2; `--mode all`): the same to N collectors, the records
+  carrying 10,000 calls' hashes (meta), routed by rendezvous per record as in production.
 - udp: `hepfast replay` (a C sendmmsg loop, the system call the workers use for UDP targets)
   sends the same number of packets of the same size, one pass of a .hepraw file, to a UDP socket
   nobody reads, as fast as it can; CPU per packet is its send loop's time (a busy loop on one
@@ -74,7 +76,8 @@ def certs(d: str) -> tuple[str, str]:
     return crt, key
 
 
-def run_stream(kind: str, pkts: int, size: int, tmp: str) -> dict:
+def run_stream(kind: str, pkts: int, size: int, tmp: str, ntargets: int = 1,
+               mode: str = "hash", calls: int = 10000) -> dict:
     p = packet(size)
     args = [kind]
     extra: dict = {}
@@ -82,27 +85,41 @@ def run_stream(kind: str, pkts: int, size: int, tmp: str) -> dict:
         crt, key = certs(tmp)
         args += [crt, key]
         extra = {"tls_ca": crt}
-    coll = subprocess.Popen([sys.executable, "-c", COLLECTOR, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    port = int(coll.stdout.readline())
-    coll.stdin.write(f"{pkts * len(p)}\n")
-    coll.stdin.flush()
+    # Every packet is the same size, so a collector knows its share from the routing below.
+    colls = [subprocess.Popen([sys.executable, "-c", COLLECTOR, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(ntargets)]
+    ports = [int(c.stdout.readline()) for c in colls]
+    metas = [(i % calls) * 2654435761 & 0xFFFFFFFF for i in range(pkts)] if ntargets > 1 \
+        else [0] * pkts
     rsize = 1 << 30
     while rsize < 2 * pkts * (len(p) + 16):
         rsize *= 2
     mm = mmap.mmap(-1, _ring.HEADER_BYTES + rsize)
     _ring.format_ring(mm, rsize)
     ring = _ring.Ring(mm)
-    for _ in range(pkts):
-        ring.push(p)
+    for m in metas:
+        ring.push(p, m)
     ring.publish()
     cls = TlsStreamEgress if kind == "tls" else StreamEgress
     e = cls("bench", [("127.0.0.1", port, socket.AF_INET, target_seed("127.0.0.1", port),
-                       f"127.0.0.1:{port}")], queue_packets=10_000_000, queue_bytes=1 << 34,
-            **extra)
+                       f"127.0.0.1:{port}") for port in ports], mode=mode,
+            queue_packets=10_000_000, queue_bytes=1 << 34, **extra)
+    share = [0] * ntargets
+    if ntargets == 1 or mode == "all":
+        share = [pkts] * ntargets
+    elif mode == "hash":
+        from hepfast.egress.stream import _mix64
+
+        for m in metas:
+            share[max(range(ntargets), key=lambda k: _mix64(m ^ e.targets[k].seed))] += 1
+    else:
+        raise SystemExit("--mode: hash or all")
+    for c, n in zip(colls, share, strict=True):
+        c.stdin.write(f"{n * len(p)}\n")
+        c.stdin.flush()
     e.open()
     end = time.monotonic() + 10
-    while e.targets[0].state != 3 and time.monotonic() < end:
+    while any(t.state != 3 for t in e.targets) and time.monotonic() < end:
         e.flush()
         time.sleep(0.001)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -113,17 +130,19 @@ def run_stream(kind: str, pkts: int, size: int, tmp: str) -> dict:
             break
         e.send_batch(b)
         ring.release(b)
-    while e.targets[0].queue:
+    while any(t.queue for t in e.targets):
         e._pump(0.01)
-    got = int(coll.stdout.readline())
+    got = [int(c.stdout.readline()) for c in colls]
     t1, c1 = time.perf_counter(), time.process_time()
     e.close()
-    coll.wait(10)
+    for c in colls:
+        c.wait(10)
     ring.close()
     mm.close()
-    assert got == pkts * len(p), (got, pkts * len(p))
+    assert got == [n * len(p) for n in share], (got, share)
     secs = t1 - t0
-    return {"transport": kind, "packets": pkts, "bytes": len(p), "seconds": round(secs, 4),
+    name = kind if ntargets == 1 else f"{kind}-{mode}x{ntargets}"
+    return {"transport": name, "packets": pkts, "bytes": len(p), "seconds": round(secs, 4),
             "pps": round(pkts / secs), "cpu_ns_per_packet": round((c1 - c0) * 1e9 / pkts, 1)}
 
 
@@ -165,20 +184,27 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=400, help="bytes per HEP packet")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-tls", action="store_true")
+    ap.add_argument("--targets", type=int, default=2,
+                    help="also run tcp to this many targets in --mode (1: skip)")
+    ap.add_argument("--mode", default="hash", choices=["hash", "all"])
     a = ap.parse_args()
-    kinds = ["udp", "tcp"] + ([] if a.no_tls else ["tls"])
+    kinds = ["udp", "tcp"] + ([] if a.no_tls else ["tls"]) + (["multi"] if a.targets > 1 else [])
     best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.repeat):
             for k in kinds:
-                r = run_udp(a.packets, a.size, tmp) if k == "udp" else \
-                    run_stream(k, a.packets, a.size, tmp)
+                if k == "udp":
+                    r = run_udp(a.packets, a.size, tmp)
+                elif k == "multi":
+                    r = run_stream("tcp", a.packets, a.size, tmp, a.targets, a.mode)
+                else:
+                    r = run_stream(k, a.packets, a.size, tmp)
                 if k not in best or r["pps"] > best[k]["pps"]:
                     best[k] = r
-    print(f"{'transport':<10}{'packets':>10}{'bytes':>7}{'pps':>12}{'cpu ns/pkt':>12}")
+    print(f"{'transport':<14}{'packets':>10}{'bytes':>7}{'pps':>12}{'cpu ns/pkt':>12}")
     for k in kinds:
         r = best[k]
-        print(f"{k:<10}{r['packets']:>10}{r['bytes']:>7}{r['pps']:>12}{r['cpu_ns_per_packet']:>12}")
+        print(f"{r['transport']:<14}{r['packets']:>10}{r['bytes']:>7}{r['pps']:>12}{r['cpu_ns_per_packet']:>12}")
     print(json.dumps({"bench": "stream", "results": [best[k] for k in kinds]}))
     return 0
 

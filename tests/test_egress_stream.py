@@ -677,3 +677,40 @@ def test_destination_up_follows_the_connection(tmp_path):
         sw.kill()
         if sink is not None:
             sink.close()
+
+
+def test_hash_moves_the_calls_of_a_target_that_goes_down():
+    """A target that disconnects mid-stream: the calls it had go to the other target from then
+    on (its earlier choices are not reused), and come back when it is connected again."""
+    sinks = [StreamSink("127.0.0.1:0").start(timeout=60) for _ in range(2)]
+    e, c = make([s.port for s in sinks], mode="hash")
+    r = ring()
+    metas = [(call * 2654435761) & 0xFFFFFFFF for call in range(40)]
+    try:
+        e.open()
+        assert pump_until(e, lambda: connected(e))
+        feed(r, e, [pkt(i, i % 40) for i in range(400)], [metas[i % 40] for i in range(400)])
+        assert pump_until(e, lambda: sum(len(s.packets) for s in sinks) >= 400)
+        on_1 = {seq_of(p)[0] for p in sinks[1].packets}
+        assert on_1 and len(on_1) < 40
+        port1 = sinks[1].port
+        sinks[1].close()
+        assert pump_until(e, lambda: e.targets[1].state != 3)
+        before = len(sinks[0].packets)
+        feed(r, e, [pkt(i, i % 40) for i in range(400, 800)],
+             [metas[i % 40] for i in range(400, 800)])
+        assert pump_until(e, lambda: len(sinks[0].packets) >= before + 400)
+        assert {seq_of(p)[0] for p in sinks[0].packets[before:]} == set(range(40))
+        sinks[1] = StreamSink(("127.0.0.1", port1)).start(timeout=60)
+        assert pump_until(e, lambda: connected(e))
+        feed(r, e, [pkt(i, i % 40) for i in range(800, 1200)],
+             [metas[i % 40] for i in range(800, 1200)])
+        assert pump_until(e, lambda: len(sinks[0].packets) - before + len(sinks[1].packets)
+                          >= 800)
+        assert {seq_of(p)[0] for p in sinks[1].packets} == on_1      # back where they were
+        assert len(sinks[0].packets) - before + len(sinks[1].packets) == 800
+        assert c.full == 0 and sum(c.fwd.values()) == 1200
+    finally:
+        e.close()
+        for s in sinks:
+            s.close()

@@ -437,6 +437,8 @@ class StreamEgress(Egress):
             self.targets.append(Target(self, i, host, port, family, seed, label, sp))
         self._seeds = [t.seed for t in self.targets]
         self._rr = 0
+        self._hash_pool: list[int] = []
+        self._hash_cache: dict[int, int] = {}
         self._poll = select.poll()
         self._polled: dict[int, tuple[Target, int]] = {}
         self.forwarded = 0
@@ -508,7 +510,11 @@ class StreamEgress(Egress):
             else:
                 pool = up or list(range(nt))
                 seeds = [self._seeds[i] for i in pool]
-                cache: dict[int, int] = {}
+                # Choices stay valid while the set of connected targets does (bounded).
+                if self._hash_pool != pool or len(self._hash_cache) > 200_000:
+                    self._hash_pool = pool
+                    self._hash_cache = {}
+                cache = self._hash_cache
                 for meta, v in batch:
                     j = cache.get(meta)
                     if j is None:
