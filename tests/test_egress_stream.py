@@ -714,3 +714,35 @@ def test_hash_moves_the_calls_of_a_target_that_goes_down():
         e.close()
         for s in sinks:
             s.close()
+
+
+def test_reload_that_adds_a_target_restarts_the_stream_egress(tmp_path):
+    """Targets and mode are part of what a stream egress process runs with: a reload that adds
+    a target (mode all) makes the new one receive every later packet too."""
+    import signal
+
+    from tests.switchhelp import SwitchProcess
+
+    a = StreamSink("127.0.0.1:0").start(timeout=120)
+    b = StreamSink("127.0.0.1:0").start(timeout=120)
+    sw = SwitchProcess(tmp_path, stream_config(a.port), workers=1, extra=["--no-admin"])
+    try:
+        sw.send([pkt(i) for i in range(100)])
+        assert a.wait_for(100, timeout=30)
+        text = sw.cfg.read_text().replace(f'targets = ["127.0.0.1:{a.port}"]',
+                                          f'targets = ["127.0.0.1:{a.port}", '
+                                          f'"127.0.0.1:{b.port}"]\nmode = "all"')
+        sw.cfg.write_text(text)
+        sw.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reloaded" in sw.stderr(), timeout=30), sw.stderr()
+        assert wait_for(lambda: b.connections > 0, timeout=30)
+        sw.send([pkt(i) for i in range(100, 200)])
+        assert b.wait_for(100, timeout=30)
+        assert a.wait_for(200, timeout=30)
+        summary = sw.stop()
+    finally:
+        sw.kill()
+        a.close()
+        b.close()
+    assert [seq_of(p)[1] for p in b.packets] == list(range(100, 200))
+    assert summary["forwarded"][f"c/127.0.0.1:{b.port}"] == 100

@@ -452,7 +452,8 @@ class StreamEgress(Egress):
         targets = [(t.host, t.port, t.family, t.seed, t.configured) for t in dest.targets]
         from hepfast.constants import MODE_NAMES
 
-        return cls(dest.name, targets, mode=MODE_NAMES[dest.mode], **dict(dest.settings))
+        settings = {k: v for k, v in dict(dest.settings).items() if k not in ("targets", "mode")}
+        return cls(dest.name, targets, mode=MODE_NAMES[dest.mode], **settings)
 
     def bind_counting(self, counting) -> None:
         """Where counts go (main.py: the counter block); see the module docstring."""

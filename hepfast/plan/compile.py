@@ -264,7 +264,10 @@ def compile_config(cfg: Config) -> Compiled:
         ring = d.transport in RING_TRANSPORTS
         settings: tuple = ()
         if ring and d.transport in STREAM_TRANSPORTS:
-            settings = tuple((k, getattr(d, k)) for k in EGRESS_SETTINGS[d.transport])
+            # Targets and mode too: a reload that changes them restarts the egress process
+            # (the supervisor compares settings), which reads them from the plan.
+            settings = tuple((k, getattr(d, k)) for k in EGRESS_SETTINGS[d.transport]) + (
+                ("targets", tuple(d.targets)), ("mode", d.mode))
         elif ring:
             # One pseudo-target, the store itself: forwarded{destination, target=path}.
             targets.append(Target("", 0, 0, d.path or _dsn_label(d.dsn, d.dsn_env) or name, 0))
