@@ -674,9 +674,11 @@ class Supervisor:
             if down and not st.get(key):
                 code = int(errno_[slot])
                 why = os.strerror(code) if code else "send failed"
-                log.warning("target %s/%s is down: %s (%d send errors so far); its copies are "
-                            "counted as send_error until it answers again", dest, label, why,
-                            int(tot[K.OFF_SEND_ERR + slot]))
+                after = ("its copies are counted as send_error until it answers again"
+                         if transport == "udp" else
+                         "its packets wait in its queue or spool, or count as queue_full")
+                log.warning("target %s/%s is down: %s (%d send errors so far); %s", dest, label,
+                            why, int(tot[K.OFF_SEND_ERR + slot]), after)
             elif not down and st.get(key):
                 log.info("target %s/%s is back", dest, label)
             st[key] = down
