@@ -4,8 +4,9 @@ frames its own connections in its Cython loop (ext/dataplane/_worker.pyx): frami
 length field, never by read boundaries; limits from the listener's config."""
 from __future__ import annotations
 
-import errno
 import socket
+
+from hepfast.ingress.common import check_not_served
 
 BACKLOG = 4096
 
@@ -14,7 +15,7 @@ def open_group(li, n: int, *, exclusive: bool = True) -> list[socket.socket]:
     """n listening sockets for listener `li`, in bind order, non-blocking."""
     port = li.port
     if port and exclusive:
-        check_not_served(li)
+        check_not_served(li, socket.SOCK_STREAM)
     group: list[socket.socket] = []
     try:
         for _ in range(n):
@@ -38,20 +39,3 @@ def open_group(li, n: int, *, exclusive: bool = True) -> list[socket.socket]:
         raise
     return group
 
-
-def check_not_served(li) -> None:
-    probe = socket.socket(li.family, socket.SOCK_STREAM)
-    try:
-        if li.family == socket.AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        probe.bind((li.host, li.port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise OSError(exc.errno, f"listener {li.name!r}: tcp {li.host}:{li.port} is already "
-                          "served by another process (another hepfast?). Stop it, change "
-                          "listeners.listen, or start with --allow-shared-port to share the "
-                          "port on purpose") from None
-        raise OSError(exc.errno, f"listener {li.name!r}: cannot bind tcp {li.host}:{li.port}: "
-                      f"{exc.strerror}") from None
-    finally:
-        probe.close()

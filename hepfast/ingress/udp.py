@@ -9,9 +9,10 @@ process already serves.
 from __future__ import annotations
 
 import ctypes
-import errno
 import socket
 import struct
+
+from hepfast.ingress.common import check_not_served
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_MEMINFO = 55
@@ -106,26 +107,6 @@ def socket_drops(s: socket.socket) -> int:
     except OSError:
         return 0
     return struct.unpack("9I", raw[:36])[SK_MEMINFO_DROPS]
-
-
-def check_not_served(li) -> None:
-    """Refuse a listen address another process already serves: bind a probe socket without
-    SO_REUSEPORT; it fails when any socket holds the address."""
-    probe = socket.socket(li.family, socket.SOCK_DGRAM)
-    try:
-        if li.family == socket.AF_INET6:
-            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        probe.bind((li.host, li.port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise OSError(exc.errno, f"listener {li.name!r}: {li.host}:{li.port} is already "
-                          "served by another process (another hepfast?). Stop it, change "
-                          "listeners.listen, or start with --allow-shared-port to share the "
-                          "port on purpose") from None
-        raise OSError(exc.errno, f"listener {li.name!r}: cannot bind {li.host}:{li.port}: "
-                      f"{exc.strerror}") from None
-    finally:
-        probe.close()
 
 
 def discard(s: socket.socket) -> int:
