@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 
-from hepfast.ingress.common import check_not_served
+from hepfast.ingress.served import check_not_served
 
 BACKLOG = 4096
 

@@ -12,7 +12,7 @@ import ctypes
 import socket
 import struct
 
-from hepfast.ingress.common import check_not_served
+from hepfast.ingress.served import check_not_served
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_MEMINFO = 55
