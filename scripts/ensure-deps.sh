@@ -18,40 +18,9 @@ set -u
 PYTHON="${PYTHON:-python3}"
 status=0
 
-say() { echo "ensure-deps: $*"; }
-
-as_root() {
-    if [ "$(id -u)" = "0" ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo -n "$@"
-    else
-        say "not root and no sudo: cannot run '$*'"
-        return 1
-    fi
-}
-
-# apt_install WHAT PACKAGE...: install, and on failure refresh the package lists and retry once.
-apt_install() {
-    what="$1"
-    shift
-    if [ "${HEPFAST_SKIP_APT:-0}" = "1" ]; then
-        say "$what missing; HEPFAST_SKIP_APT=1, not installing: $*"
-        return 1
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        say "$what missing and no apt-get here: install $* by other means"
-        return 1
-    fi
-    say "installing $what: apt-get install -y --no-install-recommends $*"
-    if DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "$@"
-    then
-        return 0
-    fi
-    say "install failed; refreshing package lists: apt-get update"
-    as_root apt-get update -q && \
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "$@"
-}
+SAY_PREFIX=ensure-deps
+# say, as_root, apt_install
+. "$(dirname "$0")/deps-lib.sh"
 
 # --- prometheus ---------------------------------------------------------------------------
 if command -v prometheus >/dev/null 2>&1; then
