@@ -405,6 +405,8 @@ from hepfast.egress.ring import attach_ring
 fd, pubfd, total = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 m, ring = attach_ring(fd)
 pub = mmap.mmap(pubfd, 4096)
+import numpy as np
+pubv = np.frombuffer(pub, dtype=np.uint64)   # one aligned 8-byte load (struct reads bytewise)
 first = ring.read()                      # the parent pushed without publishing
 print(json.dumps({"unpublished_seen": first.count}), flush=True)
 ring.release(first)
@@ -423,7 +425,7 @@ while expect < total and time.monotonic() < deadline:
             if len(bad) < 5:
                 bad.append([expect, seq, meta, len(view)])
         expect = seq + 1
-    published = struct.unpack_from("=Q", pub, 0)[0]
+    published = int(pubv[0])
     if top >= published:
         beyond += 1
     ring.release(b)
@@ -451,6 +453,11 @@ def test_producer_and_consumer_in_two_processes():
     pubfd = os.memfd_create("hepfast-test-published")
     os.ftruncate(pubfd, 4096)
     pub = mmap.mmap(pubfd, 4096)
+    # The producer's count of published records, for the consumer to check against. Stored as
+    # one aligned 8-byte word: struct.pack_into writes byte by byte, so a concurrent reader can
+    # see a torn value (0x00FF -> 0x0100 passes through 0x0000).
+    import numpy as np
+    pubv = np.frombuffer(pub, dtype=np.uint64)
     ring = fx.ring
     proc = subprocess.Popen(
         [sys.executable, "-c", CONSUMER, str(fx.fd), str(pubfd), str(total), "256"],
@@ -464,7 +471,7 @@ def test_producer_and_consumer_in_two_processes():
             assert ring.push(rec(seq), (seq * 7) & 0xFFFFFFFF) == 0
         first = json.loads(proc.stdout.readline())
         assert first == {"unpublished_seen": 0}
-        struct.pack_into("=Q", pub, 0, 100)
+        pubv[0] = 100
         ring.publish()
         proc.stdin.write("go\n")
         proc.stdin.flush()
@@ -482,7 +489,7 @@ def test_producer_and_consumer_in_two_processes():
                 assert time.monotonic() < deadline, "consumer stopped draining"
                 time.sleep(0.0002)
             seq += pushed
-            struct.pack_into("=Q", pub, 0, seq)  # before the publish that makes them visible
+            pubv[0] = seq                        # before the publish that makes them visible
             ring.publish()
         out, _ = proc.communicate(timeout=150)
         result = json.loads(out.strip().splitlines()[-1])
@@ -496,6 +503,7 @@ def test_producer_and_consumer_in_two_processes():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        del pubv
         pub.close()
         os.close(pubfd)
         fx.close()
