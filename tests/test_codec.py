@@ -577,3 +577,16 @@ def test_rewrite_at_the_cap_may_add_chunks(codec_impl):
         assert out == codec.rewrite(pkt, set={"node_name": "edge-1", "3:0x0101": "x"},
                                     version=version, impl=_pycodec)
     assert codec_impl.decode(codec.rewrite(pkt, version=2, impl=codec_impl)).capture_id == 2001
+
+
+def test_decode_takes_the_chunk_cap_on_both_codecs(codec_impl):
+    """decode(data, max_chunks) is the same API on the compiled codec and its pure twin."""
+    from hepfast.wire.packet import HepError
+
+    pkt = encode_packet([(0, 0x0b, b"\x01")] + [(0x1234, 0x0100 + i, b"v") for i in range(600)]
+                        + [(0, 0x0f, b"x")])
+    with pytest.raises(HepError) as err:
+        codec_impl.decode(pkt)
+    assert err.value.reason == 8                            # "chunks", over the default 512
+    p = codec_impl.decode(pkt, 1000)
+    assert sum(1 for c in p.chunks if c[0] == 0x1234) == 600

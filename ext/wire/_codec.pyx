@@ -26,10 +26,11 @@ cdef inline const uint8_t *_ptr(const uint8_t[::1] mv) noexcept:
     return &mv[0]
 
 
-cdef const uint8_t *_parsed(const uint8_t[::1] mv, hep_pkt *p) except NULL:
+cdef const uint8_t *_parsed(const uint8_t[::1] mv, hep_pkt *p,
+                            uint32_t max_chunks=DEFAULT_MAX_CHUNKS) except NULL:
     """Parse mv into p; raise HepError with the reason when it does not parse."""
     cdef const uint8_t *buf = _ptr(mv)
-    cdef int r = hep_parse(buf, mv.shape[0], p)
+    cdef int r = hep_parse_lim(buf, mv.shape[0], p, max_chunks)
     if r != R_OK:
         raise HepError(r)
     return buf
@@ -98,11 +99,12 @@ cdef object _packet(const uint8_t *buf, hep_pkt *p, list chunks):
     return pk
 
 
-def decode(data):
-    """HepPacket for one message; raises HepError with the reason code."""
+def decode(data, uint32_t max_chunks=DEFAULT_MAX_CHUNKS):
+    """HepPacket for one message (at most max_chunks HEPv3 chunks, as the pure twin); raises
+    HepError with the reason code."""
     cdef const uint8_t[::1] mv = data
     cdef hep_pkt p
-    cdef const uint8_t *buf = _parsed(mv, &p)
+    cdef const uint8_t *buf = _parsed(mv, &p, max_chunks)
     cdef uint8_t *scratch
     cdef Py_ssize_t n
     if p.version == 3:
