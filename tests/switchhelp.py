@@ -120,3 +120,20 @@ def check_accounting(s: dict) -> None:
     per_dest = sum(sum(v.values()) for v in s["dropped_by_destination"].values())
     assert s["copies"] == s["forwarded_total"] + per_dest, s
     assert s["in_flight"] == 0, s
+
+
+def corpus_messages(name_part: str = "", *, sip_only: bool = False,
+                    limit: int | None = None) -> list[bytes]:
+    """The HEP messages of the corpus captures whose name contains `name_part` (all of them by
+    default), optionally only SIP, at most `limit`; skips the test when the corpus is absent."""
+    import pytest
+
+    from hepfast.wire import codec
+    from tests.conftest import corpus_names, load_corpus
+
+    out = [p for n in corpus_names() if name_part in n for p, _ in load_corpus(n)]
+    if not out:
+        pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
+    if sip_only:
+        out = [p for p in out if codec.decode(p).proto_type == 1]
+    return out[:limit] if limit else out

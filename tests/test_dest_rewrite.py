@@ -9,15 +9,11 @@ import pytest
 from hepfast.tools.sink import Sink
 from hepfast.wire import codec
 from hepfast.wire.chunks import encode_packet
-from tests.conftest import corpus_names, load_corpus
-from tests.switchhelp import SwitchProcess, check_accounting
+from tests.switchhelp import corpus_messages, SwitchProcess, check_accounting
 
 
 def corpus(n: int) -> list[bytes]:
-    for name in corpus_names():
-        if "kamailio" in name:
-            return [p for p, _ in load_corpus(name)][:n]
-    pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
+    return corpus_messages("kamailio", limit=n)
 
 
 @pytest.fixture

@@ -13,15 +13,11 @@ import pytest
 
 from hepfast.tools.capture import read_hepraw
 from hepfast.tools.sink import Sink
-from tests.conftest import corpus_names, load_corpus
-from tests.switchhelp import SwitchProcess, check_accounting
+from tests.switchhelp import corpus_messages, SwitchProcess, check_accounting
 
 
 def corpus() -> list[bytes]:
-    out = [p for n in corpus_names() for p, _ in load_corpus(n)]
-    if not out:
-        pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
-    return out
+    return corpus_messages()
 
 
 def config(sink_port: int, rec_dir, *, workers: int, spread: str = "packet",

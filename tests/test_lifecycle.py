@@ -23,16 +23,11 @@ import pytest
 
 from hepfast.tools.sink import Sink
 from hepfast.wire import codec
-from tests.conftest import corpus_names, load_corpus
-from tests.switchhelp import ROOT, SwitchProcess, check_accounting, free_udp_port
+from tests.switchhelp import corpus_messages, ROOT, SwitchProcess, check_accounting, free_udp_port
 
 
 def sip_corpus(n: int | None = None) -> list[bytes]:
-    for name in corpus_names():
-        if "kamailio" in name:
-            pkts = [p for p, _ in load_corpus(name) if codec.decode(p).proto_type == 1]
-            return pkts[:n] if n else pkts
-    pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
+    return corpus_messages("kamailio", sip_only=True, limit=n)
 
 
 def cfg(targets: list[int], *, mode: str = "hash", workers: int = 1, listen: str = "127.0.0.1:0",

@@ -27,8 +27,7 @@ from hepfast.plan.emit import Slots, write_plan_for
 from hepfast.plan.format import RULE_ARRAYS, PlanError, read_plan
 from hepfast.tools.sink import Sink
 
-from tests.conftest import corpus_names, load_corpus
-from tests.switchhelp import ROOT, SwitchProcess, check_accounting
+from tests.switchhelp import corpus_messages, ROOT, SwitchProcess, check_accounting
 
 CONFIG = """
 [switch]
@@ -179,13 +178,7 @@ def _metric(url: str, name: str, **labels) -> float:
 
 
 def _sip_corpus(n: int) -> list[bytes]:
-    from hepfast.wire import codec
-
-    for name in corpus_names():
-        if "kamailio" in name:
-            pkts = [p for p, _ in load_corpus(name)]
-            return [p for p in pkts if codec.decode(p).proto_type == 1][:n]
-    pytest.skip("real-traffic corpus not found (expected ../shared/corpus)")
+    return corpus_messages("kamailio", sip_only=True, limit=n)
 
 
 def _switch_config(targets: str, extra: str = "") -> str:
