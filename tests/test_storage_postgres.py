@@ -633,3 +633,23 @@ def test_several_writers_store_every_row_once_through_connection_kills(pg_server
     assert batches == (m["batches_total"], len(pkts))   # one id per settled batch
     assert m["rows_written_total"] == len(pkts) and m["queue_rows"] == 0
     assert m["connects_total"] >= 3 + 1
+
+
+def test_close_right_after_the_connections_were_killed_still_stores_the_tail(
+        pg_server, pg_db):  # noqa: F811 - pytest fixtures
+    """Stop just after every connection was killed (the egress does not know yet): the last
+    partial batch finds its connection broken at close, gets one fresh one, and is stored."""
+    from hepfast.egress.postgres import PostgresEgress
+
+    pkts = [p for p, _ in corpus_pairs()[:50]]
+    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=30, retention_days=0,
+                        writers=1, threaded=False)
+    eg.open()
+    _feed(eg, _ring_with(pkts[:30]))
+    assert eg.settle() == (30, 0, 0)
+    assert pg_server.terminate_backends(pg_db) == 1
+    _feed(eg, _ring_with(pkts[30:]))            # 20 rows: not a full batch, not sealed yet
+    assert eg.settle() == (0, 0, 0)
+    eg.close()
+    assert eg.settle() == (20, 0, 0)
+    assert count_rows(pg_server, pg_db) == 50 and eg.metrics()["errors_connection_total"] == 1

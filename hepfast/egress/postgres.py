@@ -250,8 +250,9 @@ class PostgresEgress(Egress):
         return False, self._detail
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Seal and write what waits (one attempt per batch if the server is reachable); what
-        cannot be written now is counted failed."""
+        """Seal and write what waits (one attempt per batch if the server is reachable; a
+        connection found broken on the way is replaced once); what cannot be written now is
+        counted failed."""
         with self._cv:
             if self._open is not None:
                 self._seal()
@@ -352,7 +353,10 @@ class PostgresEgress(Egress):
                     self._cv.wait(0.2)
                 stop = self._stopping
             try:
-                self._service(w)
+                if stop:
+                    self._final(w)
+                else:
+                    self._service(w)
             except Exception as e:  # noqa: BLE001 - a bug must not kill the writer silently
                 self._say(logging.ERROR, "%s: writer %d: %s: %s", self.name, w.idx,
                           type(e).__name__, e)
@@ -363,6 +367,14 @@ class PostgresEgress(Egress):
 
     def _service_all(self) -> None:
         for w in self._writers:
+            self._final(w) if self._stopping else self._service(w)
+
+    def _final(self, w: _Writer) -> None:
+        """The pass at close: write what waits; a connection found broken on the way (the
+        server restarted since the last batch) gets one more attempt on a fresh one."""
+        self._service(w)
+        if w.conn is None and (w.cur is not None or self._sealed):
+            w.retry_at = 0.0
             self._service(w)
 
     def _service(self, w: _Writer) -> None:
@@ -423,7 +435,10 @@ class PostgresEgress(Egress):
     def _write_sealed(self, w: _Writer) -> None:
         while True:
             if w.cur is None:
-                if w.conn is None:
+                with self._lock:
+                    if not self._sealed:
+                        return
+                if not self._connect(w):
                     return                      # leave the FIFO to connected writers
                 with self._lock:
                     if not self._sealed:
