@@ -611,16 +611,22 @@ def test_several_writers_store_every_row_once_through_connection_kills(pg_server
                         retention_days=0, writers=3, retry_s=0.05, retry_max_s=0.2)
     eg.open()
     assert eg.health() == (True, "connected")
-    kills = 0
+    kills = []
     done = [0, 0, 0]
+
+    def connected() -> int:
+        with pg_server.connect(pg_db) as c:
+            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                             "AND pid <> pg_backend_pid()", (pg_db,)).fetchone()[0]
     for i in range(0, len(pkts), 200):
         _feed(eg, _ring_with(pkts[i:i + 200]))
         if i in (800, 2400):
-            kills += pg_server.terminate_backends(pg_db)
+            assert wait_for(connected, timeout=60)      # the writers are back after a kill
+            kills.append(pg_server.terminate_backends(pg_db))
         done = [a + b for a, b in zip(done, eg.settle(), strict=True)]
     eg.close()
     done = [a + b for a, b in zip(done, eg.settle(), strict=True)]
-    assert kills >= 2
+    assert len(kills) == 2 and min(kills) >= 1, kills
     assert done == [len(pkts), 0, 0], (done, eg.metrics())
     with pg_server.connect(pg_db) as c:
         stored = collections.Counter(
@@ -653,3 +659,37 @@ def test_close_right_after_the_connections_were_killed_still_stores_the_tail(
     eg.close()
     assert eg.settle() == (20, 0, 0)
     assert count_rows(pg_server, pg_db) == 50 and eg.metrics()["errors_connection_total"] == 1
+
+
+def test_compiled_span_with_slow_records_and_many_groups_equals_row_of():
+    """A span mixing packets the C path hands back (NUL in the node name) with ones it encodes,
+    spread over more (table, hour) groups than the encoder holds at once (64): every row
+    row_of gives comes out exactly once, from the groups or through `slow`."""
+    from hepfast.egress._pgrow import RowEncoder
+    from hepfast.wire import codec
+
+    base = [p for p, _ in corpus_pairs()]
+    pkts = []
+    for i in range(400):
+        p = codec.rewrite(base[i % len(base)], set={"timestamp": 1_700_000_000 + (i % 90) * 3600})
+        pkts.append(codec.rewrite(p, set={"node_name": "n\x00x"}) if i % 7 == 3 else p)
+    enc = RowEncoder(H.PARTITION_SECONDS)
+    ring = _ring_with(pkts)
+    b = ring.read(1000)
+    groups, skipped, over, slow = enc.encode(b.span, NOW, 1000)
+    ring.release(b)
+    assert (skipped, over, len(slow)) == (0, 0, sum(1 for i in range(400) if i % 7 == 3))
+    got = collections.Counter()
+    for table, start, n, _data in groups:
+        got[(table, start)] += n
+    for p in slow:
+        r = H.row_of(p, NOW)
+        got[(r.table, H.partition_start(r.ts_us))] += 1
+    want = collections.Counter((r.table, H.partition_start(r.ts_us))
+                               for r in (H.row_of(p, NOW) for p in pkts))
+    assert got == want and len(want) > 64
+    fast = b"".join(d for t, s, n, d in sorted(groups, key=lambda g: (g[0], g[1])))
+    ref = b"".join(H.row_of(p, NOW).data for p in sorted(
+        (p for i, p in enumerate(pkts) if i % 7 != 3),
+        key=lambda p: (H.row_of(p, NOW).table, H.partition_start(H.row_of(p, NOW).ts_us))))
+    assert fast == ref                          # record order kept within each group
