@@ -56,6 +56,8 @@ from hepfast.wire.hashing import hash64
 # Match keys, in table order, and rule flags: defined in hepfast/constants.py (the C side is
 # generated from there).
 from hepfast.constants import KEY, KEY_NAMES, NKEYS, RULE_FLAGS  # noqa: E402, F401
+from hepfast.constants import (  # noqa: E402, F401
+    CALL_KEY, CALL_KEY_NAMES, GLOB_ANY, GLOB_STAR, SIP_WANT)
 
 LISTENER = KEY["listener"]
 HEP_VERSION = KEY["hep_version"]
@@ -76,16 +78,29 @@ SIP_FROM_USER = KEY["sip_from_user"]
 SIP_TO_USER = KEY["sip_to_user"]
 SIP_RURI_USER = KEY["sip_ruri_user"]
 SIP_RURI_DOMAIN = KEY["sip_ruri_domain"]
+# issue 14 A
+SIP_CSEQ_METHOD = KEY["sip_cseq_method"]
+SIP_USER_AGENT = KEY["sip_user_agent"]
+SIP_HEADER = KEY["sip_header"]
+CORRELATION_ID_FIELD = KEY["correlation_id_field"]
 
 CIDR_KEYS = frozenset((SRC_IP, DST_IP))
+# String keys: exact values as hashes in `ranges`, globs in the pattern table.
 HASH_KEYS = frozenset((NODE_NAME, CORRELATION_ID, SIP_METHOD, SIP_CALL_ID, SIP_FROM_USER,
-                       SIP_TO_USER, SIP_RURI_USER, SIP_RURI_DOMAIN))
-FOLDED_KEYS = frozenset((SIP_METHOD, SIP_RURI_DOMAIN))
-SIP_KEYS = frozenset(range(SIP_METHOD, SIP_RURI_DOMAIN + 1))
-# The SIP summary field each SIP key reads (C: sip_info member of the same name).
+                       SIP_TO_USER, SIP_RURI_USER, SIP_RURI_DOMAIN, SIP_CSEQ_METHOD,
+                       SIP_USER_AGENT))
+FOLDED_KEYS = frozenset((SIP_METHOD, SIP_RURI_DOMAIN, SIP_CSEQ_METHOD))
+# Keys whose values are tables (`conds` rows), each with its own value set.
+COND_KEYS = frozenset((SIP_HEADER, CORRELATION_ID_FIELD))
+SIP_KEYS = frozenset(range(SIP_METHOD, SIP_RURI_DOMAIN + 1)) | {SIP_CSEQ_METHOD, SIP_USER_AGENT,
+                                                                SIP_HEADER}
 # The SIP summary field each SIP key reads: hepfast.wire.sip.sip_fields names (C: the sip_info
-# members without the "sip_" prefix).
-SIP_FIELD = {k: KEY_NAMES[k] for k in SIP_KEYS}
+# members without the "sip_" prefix). sip_header reads the header section itself.
+SIP_FIELD = {k: KEY_NAMES[k] for k in SIP_KEYS - {SIP_HEADER}}
+# The headers the scanner must look for when a rule uses a key (the plan's `sip_want`).
+SIP_WANT_OF = {SIP_CALL_ID: SIP_WANT["call_id"], SIP_FROM_USER: SIP_WANT["from"],
+               SIP_TO_USER: SIP_WANT["to"], SIP_CSEQ_METHOD: SIP_WANT["cseq"],
+               SIP_USER_AGENT: SIP_WANT["user_agent"]}
 
 # Rule flags.
 DROP = RULE_FLAGS["drop"]
@@ -102,6 +117,13 @@ _V4_MAPPED_LO = 0x0000FFFF00000000
 def hash_str(key: int, value: bytes) -> int:
     """The table hash of a string key's value (folded for case-insensitive keys)."""
     return hash64(value.lower() if key in FOLDED_KEYS else value)
+
+
+def fold_tokens(key: int, toks: tuple[int, ...]) -> tuple[int, ...]:
+    """A glob's tokens as stored for key (literals folded to lower case on folded keys)."""
+    if key not in FOLDED_KEYS:
+        return toks
+    return tuple(t | 0x20 if 0x41 <= t <= 0x5A else t for t in toks)
 
 
 def addr128(raw: bytes) -> tuple[int, int]:
