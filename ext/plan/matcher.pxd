@@ -121,8 +121,10 @@ cdef inline int rules_bind(rule_tables *t, object c) except -1:
         for k in range(NKEYS):
             s = t.key_start[i * NKEYS + k]
             cnt = t.key_count[i * NKEYS + k]
-            if s < 0 or cnt < 0 or s + cnt > (t.ncidrs if k == K_SRC_IP or k == K_DST_IP
-                                              else t.nranges):
+            if s < 0 or cnt < 0 or s + cnt > (
+                    t.ncidrs if k == K_SRC_IP or k == K_DST_IP
+                    else c.conds.shape[0] if k == K_SIP_HEADER or k == K_CORRELATION_ID_FIELD
+                    else t.nranges):
                 raise ValueError(f"rule table: rule {i} key {k} indexes past its value table")
         if t.fwd_start[i] < 0 or t.fwd_count[i] < 0 or t.fwd_start[i] + t.fwd_count[i] > nfwd \
                 or t.set_off[i] < 0 or t.set_len[i] < 0 or t.set_off[i] + t.set_len[i] > nblob \
