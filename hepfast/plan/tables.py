@@ -1,4 +1,4 @@
-"""Rule compilation: a validated `Config` into flat numpy tables for the data plane.
+r"""Rule compilation: a validated `Config` into flat numpy tables for the data plane.
 
 The Cython loop reads these tables through raw pointers (ext/plan/matcher.pxd: `rules_bind`,
 `rule_match`); `match_rules` below is the pure-Python evaluator over the same tables, the oracle the
