@@ -623,3 +623,54 @@ def test_seed_example_rtcp_by_domain_with_its_call(tmp_path):
         side = {name for name in ("a", "b") for p in got[name]
                 if codec.decode(p).call_key() == cid}
         assert side == {"ab"[hashing.rendezvous(hashing.hash64(cid), seeds)]}, cid
+
+
+@linux_only
+def test_ring_fed_stream_hash_keys_on_the_destination_call_key(tmp_path):
+    """A tcp destination: the worker puts the destination's call key (here the capture id) in
+    each ring record's meta, and the egress process's rendezvous over it picks the target."""
+    from hepfast.tools.sink import StreamSink
+    from tests.switchhelp import SwitchProcess, check_accounting
+
+    sinks = [StreamSink("127.0.0.1:0").start(timeout=120) for _ in range(2)]
+    packets = [hep(b"{}", ptype=5, corr=f"c{i}@x".encode(), capid=i % 16) for i in range(400)]
+    try:
+        sw = SwitchProcess(tmp_path, f"""
+            [switch]
+            workers = 1
+            [[listeners]]
+            name = "agents"
+            listen = "127.0.0.1:0"
+            [destinations.c]
+            transport = "tcp"
+            targets = ["127.0.0.1:{sinks[0].port}", "127.0.0.1:{sinks[1].port}"]
+            call_key = "capture_id"
+            reconnect_min_s = 0.05
+            [[rules]]
+            name = "all"
+            forward = ["c"]
+            """, workers=1, extra=["--no-admin"])
+        try:
+            end = time.monotonic() + 20
+            while min(s.connections for s in sinks) < 1 and time.monotonic() < end:
+                time.sleep(0.05)
+            assert min(s.connections for s in sinks) >= 1, "both targets connected first"
+            sw.send(packets)
+            end = time.monotonic() + 30
+            while sum(len(s.packets) for s in sinks) < len(packets) and time.monotonic() < end:
+                time.sleep(0.05)
+            summary = sw.stop()
+        finally:
+            sw.kill()
+        got = [list(s.packets) for s in sinks]
+        seeds = [hashing.target_seed("127.0.0.1", s.port) for s in sinks]
+    finally:
+        for s in sinks:
+            s.close()
+    check_accounting(summary)
+    assert sum(len(g) for g in got) == len(packets)
+    for i, g in enumerate(got):
+        for p in g:
+            meta = oracle.dest_key_hash(codec.decode(p), K.CALL_KEY["capture_id"]) & 0xFFFFFFFF
+            assert hashing.rendezvous(meta, seeds) == i
+    assert all(got)                                     # 16 capture ids over both targets
