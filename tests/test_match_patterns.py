@@ -429,6 +429,18 @@ def test_generated_sip_header_against_a_plain_reading(message, name, values):
     assert (both(c, hep(message)) == [0]) == want
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([None, b"", b"a@b", b"a@b@c", b"@", b"x-y-z"]),
+       st.sampled_from([b"", b"{}", b"INVITE sip:x@h SIP/2.0\r\nCall-ID: q@h-1\r\n\r\n",
+                        b"SIP/2.0 200 OK\r\ni: r-2@h\r\n\r\n", b"BYE x SIP/2.0\r\n\r\n"]),
+       st.sampled_from([1, 5, 100]), st.sampled_from(["10.0.0.1", "2001:db8::1"]),
+       st.integers(0, 3), st.sampled_from([0, ord("@"), ord("-")]), st.integers(-3, 2))
+def test_generated_dest_key_c_equals_python(corr, payload, ptype, src, kind, sep, field):
+    data = hep(payload, ptype=ptype, corr=corr, capid=7, src=src)
+    assert C.dest_hash(data, kind, sep, field) == \
+        oracle.dest_key_hash(codec.decode(data), kind, sep, field)
+
+
 # ---------------------------------------------------------------- configuration errors
 
 @pytest.mark.parametrize("rule_match,dest,path", [
