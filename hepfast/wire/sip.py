@@ -23,6 +23,8 @@ Text values are decoded as UTF-8 with errors="replace".
 """
 from __future__ import annotations
 
+from hepfast.constants import SIP_WANT
+
 _TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _BLANK = (0x20, 0x09)
 
@@ -42,9 +44,10 @@ COMPACT = {b"i": b"call-id", b"f": b"from", b"t": b"to", b"m": b"contact", b"v":
            b"j": b"reject-contact", b"d": b"request-disposition", b"y": b"identity",
            b"n": b"identity-info"}
 COMPACT_OF = {full: short for short, full in COMPACT.items()}
-# want bits (hepfast.constants.SIP_WANT) -> the slots of _scan_headers they fill
-_WANT_SLOTS = ((1, (0,)), (2, (1,)), (4, (2,)), (8, (3,)), (16, (4, 5)))
-WANT_ALL = 31
+# want bits (hepfast.constants.SIP_WANT, the plan's sip_want) -> the slots of _scan_headers
+_WANT_SLOTS = ((SIP_WANT["call_id"], (0,)), (SIP_WANT["from"], (1,)), (SIP_WANT["to"], (2,)),
+               (SIP_WANT["cseq"], (3,)), (SIP_WANT["user_agent"], (4, 5)))
+WANT_ALL = sum(SIP_WANT.values())
 
 
 def _line_end(p: bytes, pos: int, n: int) -> tuple[int, int]:
@@ -296,7 +299,7 @@ def call_id(payload) -> bytes | None:
     if n == 0:
         return None
     _b, nxt = _line_end(p, 0, n)
-    w = _scan_headers(p, nxt, n, 1)[0]            # want: Call-ID only
+    w = _scan_headers(p, nxt, n, SIP_WANT["call_id"])[0]
     if w is None or w[1] <= w[0]:
         return None
     return p[w[0]:w[1]]
