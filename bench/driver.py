@@ -9,6 +9,8 @@ workers are all counted). Subjects:
   c_forward  bench/c_forward (recvmmsg -> sendmmsg, no parsing): the physical baseline
   hepfast-1  `hepfast run`, 1 worker, one rule forwarding SIP to one destination
   hepfast-10 `hepfast run`, 1 worker, 10 rules (9 that do not match) and a capture-id rewrite
+  hepfast-sip10 `hepfast run`, 1 worker, 10 rules on sip_* keys with globs, prefixes and a
+             sip_header (9 that do not match the corpus, as an operator's would) and the SIP rule
   hepfast-2p `hepfast run`, 2 workers on the same core, switch.spread = "packet" (the reuseport
              program picks a worker per datagram; one sending socket reaches both)
   hepfast-file  as hepfast-1, and every packet also to a `file` destination: the worker copies
@@ -131,8 +133,23 @@ def stop_sink(p: subprocess.Popen) -> dict:
 STORES = {"hepfast-file": "file", "hepfast-pcap": "pcap", "hepfast-parquet": "parquet"}
 
 
+# hepfast-sip10: nine realistic rules that never match the corpus (SIPp calls between 127.0.0.1
+# ports, Kamailio log lines), each on SIP keys with globs; the tenth takes SIP and logs.
+SIP10_MISSES = [
+    ['match.sip_ruri_user = ["+4930*", "030*"]'],
+    ['match.sip_ruri_domain = ["*.carrier.example", "sbc-?.example.net"]'],
+    ['match.sip_from_user = ["anonymous", "*test*"]'],
+    ['match.sip_user_agent = ["friendly-scanner*", "sipvicious*"]'],
+    ['match.sip_header = { name = "X-Tenant", value = ["acme*"] }'],
+    ['match.sip_cseq_method = ["REGISTER", "SUBSCRIBE"]', 'match.sip_status = "2xx"'],
+    ['match.sip_call_id = ["*@10.99.*", "lab-*"]'],
+    ['match.correlation_id_field = { separator = "@", field = 1, value = ["*.tenant.example"] }'],
+    ['match.sip_method = ["OPTIONS", "NOTIFY", "PUBLISH"]', 'match.sip_to_user = "ivr-*"'],
+]
+
+
 def write_config(path: Path, listen: int, target: int, rules: int, workers: int = 1,
-                 record: Path | None = None, store: str = "file") -> None:
+                 record: Path | None = None, store: str = "file", sip10: bool = False) -> None:
     lines = ["[switch]", f"workers = {workers}", "batch = 64", 'default = "drop"',
              'spread = "packet"', "",
              "[admin]", 'listen = "127.0.0.1:0"', "",
@@ -144,6 +161,8 @@ def write_config(path: Path, listen: int, target: int, rules: int, workers: int 
                   "rotate_bytes = 268435456"]
         lines += ["keep = 2", ""] if store != "parquet" else ["retention_bytes = 1073741824", ""]
         fwd = '["sink", "rec"]'
+    for k, keys in enumerate(SIP10_MISSES if sip10 else []):
+        lines += ["[[rules]]", f'name = "sipmiss{k}"', *keys, 'forward = ["sink"]', ""]
     for k in range(rules - 1):
         # Rules that never match the corpus (capture id 2001): they cost the evaluation only.
         lines += ["[[rules]]", f'name = "miss{k}"', f"match.capture_id = [{9000 + k}]",
@@ -170,7 +189,7 @@ def start_subject(name: str, listen: int, target: int, tmp: Path) -> subprocess.
     write_config(cfg, listen, target, 10 if name == "hepfast-10" else 1,
                  workers=2 if name == "hepfast-2p" else 1,
                  record=tmp / f"{name}-rec" if name in STORES else None,
-                 store=STORES.get(name, "file"))
+                 store=STORES.get(name, "file"), sip10=name == "hepfast-sip10")
     return hepfast("run", "-c", str(cfg), "--quiet", core=0, stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE, text=True)
 

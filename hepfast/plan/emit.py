@@ -86,7 +86,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
             egress=K.EGRESS[d.egress], slot=slots["destinations"][di],
             egress_slot=slots["egress"].get(d.name, -1), ring_bytes=d.ring_bytes,
             auth_key=bytes(d.auth_key), strip_auth_key=d.strip_auth_key,
-            settings=dict(d.settings), targets=targets))
+            settings=dict(d.settings), targets=targets,
+            call_key=d.call_key, call_key_sep=d.call_key_sep, call_key_field=d.call_key_field))
     header = dict(
         generation=generation, digest=c.digest, source=source, batch=c.batch,
         workers=c.workers, max_chunks=cfg.switch.max_chunks, rcvbuf=cfg.switch.rcvbuf,
@@ -94,7 +95,7 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
         drain_timeout=cfg.switch.drain_timeout, default_dest=c.default_dest,
         needs_sip=c.needs_sip, needs_call_key=c.needs_call_key, nrules=c.nrules,
         rule_names=list(c.rule_names), rule_slots=list(slots["rules"]), listeners=listeners,
-        destinations=dests)
+        destinations=dests, sip_want=c.sip_want)
     return header, arrays
 
 
