@@ -28,8 +28,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from hepwire cimport hep_pkt, hep_parse, hep_wr16, hep_wr32, R_OK
 from hepwire cimport CH_SRC4, CH_DST4, CH_SRC6, CH_DST6, CH_PAYLOAD
-from sipscan cimport sip_info, sip_scan
-from constants cimport constants
+from sipscan cimport sip_info, sip_scan_want
+from constants cimport constants, SW_CALL_ID, SW_FROM, SW_TO
 
 CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
 
@@ -469,7 +469,9 @@ cdef int _row(const uint8_t *rec, uint32_t ln, double now, obuf *o, int *table,
     if not _clean(cid, cid_n) or not _clean(node, node_n):
         return ROW_SLOW
     if ptype == 1:
-        if sip_scan(pl, pn, &si) != 0 or si.call_id_len == 0:
+        # the headers the row takes from the scanner (CSeq and User-Agent follow _sip_extra's
+        # own rules, below)
+        if sip_scan_want(pl, pn, SW_CALL_ID | SW_FROM | SW_TO, &si) != 0 or si.call_id_len == 0:
             return ROW_NONE
         if not _clean(pl, pn):
             return ROW_SLOW
