@@ -439,6 +439,14 @@ def test_config_postgres_needs_a_dsn_and_masks_it_in_labels(monkeypatch):
     with pytest.raises(ConfigError, match="queue_rows"):
         parse_config(base.format(x='dsn = "postgresql://u@h/d"\nbatch_rows = 10\n'
                                        'queue_rows = 5'))
+    with pytest.raises(ConfigError, match=r"destinations\.pg\.writers"):
+        parse_config(base.format(x='dsn = "postgresql://u@h/d"\nwriters = 0'))
+    cfg = parse_config(base.format(x='dsn = "postgresql://u@h/d"\nwriters = 3'))
+    from hepfast.egress.postgres import PostgresEgress
+
+    (dest,) = compile_config(cfg).destinations
+    eg = PostgresEgress.from_settings("pg", dict(dest.settings))
+    assert len(eg._writers) == 3 and eg.batch_rows == 5000
     cfg = parse_config(base.format(x=f'dsn = "postgresql://u:{PASSWORD}@h/d"'))
     label = [t.configured for d in compile_config(cfg).destinations for t in d.targets]
     assert label == ["postgresql://u:***@h/d"]
