@@ -417,7 +417,7 @@ def test_retention_drops_old_partitions(pg_server, pg_db):  # noqa: F811 - pytes
     assert count_rows(pg_server, pg_db) == 5
 
 
-def test_config_postgres_needs_a_dsn_and_masks_it_in_labels(monkeypatch):
+def test_config_postgres_needs_a_dsn_and_masks_it_in_labels(monkeypatch, tmp_path):
     from hepfast.config import parse_config
     from hepfast.plan.compile import compile_config
 
@@ -446,7 +446,18 @@ def test_config_postgres_needs_a_dsn_and_masks_it_in_labels(monkeypatch):
 
     (dest,) = compile_config(cfg).destinations
     eg = PostgresEgress.from_settings("pg", dict(dest.settings))
-    assert len(eg._writers) == 3 and eg.batch_rows == 5000
+    assert len(eg._writers) == 3 and eg.batch_rows == 5000 and eg._spool is None
+    with pytest.raises(ConfigError, match=r"destinations\.pg\.spool"):
+        parse_config(base.format(x='dsn = "postgresql://u@h/d"\nspool = ""'))
+    with pytest.raises(ConfigError, match=r"destinations\.pg\.keepalive"):
+        parse_config(base.format(x='dsn = "postgresql://u@h/d"\nkeepalive = 3'))
+    spool = tmp_path / "sp"
+    cfg = parse_config(base.format(x=f'dsn = "postgresql://u@h/d"\nspool = "{spool}"\n'
+                                       f'spool_max_bytes = 2097152'))
+    (dest,) = compile_config(cfg).destinations
+    eg = PostgresEgress.from_settings("pg", dict(dest.settings))
+    assert eg._spool is not None and eg._spool.max_bytes == 2097152
+    assert eg._spool.path == str(spool / "pg")
     cfg = parse_config(base.format(x=f'dsn = "postgresql://u:{PASSWORD}@h/d"'))
     label = [t.configured for d in compile_config(cfg).destinations for t in d.targets]
     assert label == ["postgresql://u:***@h/d"]
@@ -701,3 +712,97 @@ def test_compiled_span_with_slow_records_and_many_groups_equals_row_of():
         (p for i, p in enumerate(pkts) if i % 7 != 3),
         key=lambda p: (H.row_of(p, NOW).table, H.partition_start(H.row_of(p, NOW).ts_us))))
     assert fast == ref                          # record order kept within each group
+
+
+# ------------------------------------------------------------------ the spool
+
+def _unique_packets(n: int) -> list[bytes]:
+    from hepfast.wire import codec
+
+    base = [p for p, _ in corpus_pairs()]
+    t0 = int(time.time()) - 300
+    return [codec.rewrite(base[i % len(base)], set={"timestamp": t0, "timestamp_us": i})
+            for i in range(n)]
+
+
+def _stored_keys(srv, db: str) -> collections.Counter:
+    with srv.connect(db) as c:
+        have = {r[0] for r in c.execute("SELECT tablename FROM pg_tables").fetchall()}
+        return collections.Counter(
+            (sid, cd) for t in TABLES if t in have
+            for sid, cd in c.execute(f"SELECT sid, create_date FROM {t}").fetchall())
+
+
+def _drain(eg, want: int, timeout: float = 60.0) -> list[int]:
+    """flush() until `want` rows are settled as forwarded (bounded)."""
+    done = [0, 0, 0]
+    end = time.monotonic() + timeout
+    while done[0] < want and time.monotonic() < end:
+        eg.flush()
+        done = [a + b for a, b in zip(done, eg.settle(), strict=True)]
+        time.sleep(0.02)
+    return done
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_spool_backs_the_row_queue_while_the_database_is_away(pg_server, pg_db,  # noqa: F811
+                                                              tmp_path, threaded):
+    """Server stopped: rows fill the queue (queue_rows), the rest goes to the spool instead of
+    queue_full; server back: the queue and then the spool are written, every row once, the
+    spool emptied. Inline and with writer threads."""
+    from hepfast.egress.postgres import PostgresEgress
+
+    pkts = _unique_packets(120)
+    eg = PostgresEgress("pg", pg_server.dsn(pg_db), batch_rows=10, queue_rows=40,
+                        retention_days=0, writers=2, retry_s=0.05, retry_max_s=0.2,
+                        threaded=threaded, spool=str(tmp_path / "spool"))
+    eg.open()
+    _feed(eg, _ring_with(pkts[:20]))
+    assert _drain(eg, 20) == [20, 0, 0]
+    pg_server.stop_server()
+    try:
+        for i in range(20, 120, 25):
+            _feed(eg, _ring_with(pkts[i:i + 25]))
+        assert eg.settle() == (0, 0, 0)             # nothing lost, nothing refused
+        m = eg.metrics()
+        assert m["spool_records"] == 75 and m["queue_rows"] == 25, m
+    finally:
+        pg_server.start()
+    assert _drain(eg, 100) == [100, 0, 0]
+    eg.close()
+    assert eg.settle() == (0, 0, 0)
+    stored = _stored_keys(pg_server, pg_db)
+    assert sum(stored.values()) == 120 and max(stored.values()) == 1
+    m = eg.metrics()
+    assert m["spool_records"] == 0 and m["spool_replayed_total"] == 75
+    assert not [f for f in (tmp_path / "spool").rglob("*.spool")]
+
+
+def test_spooled_rows_survive_a_close_and_are_replayed_by_the_next_start(
+        pg_server, pg_db, tmp_path):  # noqa: F811 - pytest fixtures
+    """Closed while the database is away: the rows in memory fail (counted), the spooled ones
+    stay on disk; the next egress on that spool stores them once the database is back."""
+    from hepfast.egress.postgres import PostgresEgress
+
+    pkts = _unique_packets(100)
+    spool = str(tmp_path / "spool")
+    kw = dict(batch_rows=10, queue_rows=40, retention_days=0, retry_s=0.05, retry_max_s=0.2,
+              threaded=False, spool=spool, connect_timeout_s=2)
+    pg_server.stop_server()
+    try:
+        eg = PostgresEgress("pg", pg_server.dsn(pg_db), **kw)
+        eg.open()
+        for i in range(0, 100, 25):
+            _feed(eg, _ring_with(pkts[i:i + 25]))
+        eg.close()
+        assert eg.settle() == (0, 25, 0)            # memory: lost; the spool: kept
+        assert eg.metrics()["spool_records"] == 75
+    finally:
+        pg_server.start()
+    eg2 = PostgresEgress("pg", pg_server.dsn(pg_db), **kw)
+    eg2.open()
+    assert _drain(eg2, 75) == [75, 0, 0]
+    eg2.close()
+    stored = _stored_keys(pg_server, pg_db)
+    assert sum(stored.values()) == 75 and max(stored.values()) == 1
+    assert eg2.metrics()["spool_records"] == 0

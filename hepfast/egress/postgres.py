@@ -38,6 +38,13 @@ Flow and invariants:
 - Durability: a committed batch survives a connection loss and a server restart. With the
   server's `synchronous_commit = on` (its default, which this egress does not change) it also
   survives a server or machine crash; docs/postgres.md lists the server settings.
+- Spool (`spool`, hepfast.egress.spool): records that would be refused as queue_full go to
+  disk instead, and once it holds anything every new record does (no overtaking); while the
+  row queue is at most half full and a writer is connected, the loop's thread turns the oldest
+  segment into one sealed batch (through a private ring and the same encoder), and the segment
+  is deleted (done) when that batch is settled. At close, segments whose batch is not settled
+  are released, so the next start writes them; their rows are not counted failed. All spool
+  calls happen under the lock (writers settle batches in their threads).
 - Retention: partitions whose slice ended more than `retention_days` ago are dropped (checked
   at connect and hourly, by the first writer; 0 keeps everything), and batch ids older than a
   day are forgotten.
@@ -49,6 +56,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -57,6 +65,7 @@ from typing import TYPE_CHECKING
 
 from hepfast.egress import homer7 as H
 from hepfast.egress.base import Egress, register
+from hepfast.egress.spool import Spool
 from hepfast.observe.redact import dsn_password, mask_secrets
 
 if TYPE_CHECKING:
@@ -70,10 +79,11 @@ WRITE_CHUNK = 1 << 18                # bytes per COPY data message (at least)
 
 
 class _Batch:
-    __slots__ = ("id", "tables", "rows", "parts", "born", "tries")
+    __slots__ = ("id", "tables", "rows", "parts", "born", "tries", "seg")
 
-    def __init__(self, born: float) -> None:
+    def __init__(self, born: float, seg: int = -1) -> None:
         self.id = uuid.uuid4().hex
+        self.seg = seg                              # the spool segment it replays, else -1
         self.tables: dict[str, list[bytes]] = {}    # table -> buffers of whole COPY tuples
         self.rows = 0
         self.parts: set[tuple[str, int]] = set()
@@ -107,7 +117,8 @@ class PostgresEgress(Egress):
                  flush_seconds: float = 1.0, queue_rows: int = 200_000,
                  retention_days: int = 7, writers: int = 2, retry_s: float = 0.5,
                  retry_max_s: float = 5.0, connect_timeout_s: float = 5.0,
-                 threaded: bool = True, compiled: bool = True,
+                 threaded: bool = True, compiled: bool = True, spool: str | None = None,
+                 spool_max_bytes: int = 1 << 30,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         if batch_rows < 1 or queue_rows < batch_rows:
             raise ValueError("batch_rows must be >= 1 and queue_rows >= batch_rows")
@@ -140,6 +151,10 @@ class PostgresEgress(Egress):
         self._tables: set[str] = set()          # known to exist (shared by the writers)
         self._parts: set[tuple[str, int]] = set()
         self._rotate_at = 0.0
+        self._spool = Spool(os.path.join(spool, re.sub(r"[^A-Za-z0-9_.-]+", "_", name)),
+                            spool_max_bytes) if spool else None
+        self._spool_rows = 0                    # rows of spool segments being written
+        self._replay = None                     # a private ring the spool's packets go through
         self._detail = "not connected yet"
         self._settle = [0, 0, 0]                # forwarded, failed, queue_full since settle()
         self.rows_written = 0
@@ -169,7 +184,9 @@ class PostgresEgress(Egress):
                    flush_seconds=float(settings["flush_seconds"]),
                    queue_rows=int(settings["queue_rows"]),
                    retention_days=int(settings["retention_days"]),
-                   writers=int(settings.get("writers", 2)))
+                   writers=int(settings.get("writers", 2)),
+                   spool=settings.get("spool") or None,
+                   spool_max_bytes=int(settings.get("spool_max_bytes") or 1 << 30))
 
     # ---------------------------------------------------------------------------- contract
 
@@ -189,6 +206,13 @@ class PostgresEgress(Egress):
         wall = time.time()
         with self._lock:
             room = max(0, self.queue_rows - self._waiting)
+            spill = self._spool is not None and (not self._spool.empty or room < batch.count)
+        if spill:
+            self._spill([bytes(rec) for _meta, rec in batch])
+            self._refill(now)
+            if not self.threaded:
+                self._service_all()
+            return batch.count
         groups: list = []
         skipped = over = 0
         if self._enc is not None:
@@ -233,8 +257,100 @@ class PostgresEgress(Egress):
             b = self._open
             if b is not None and self._mono() - b.born >= self.flush_seconds:
                 self._seal()
+        self._refill(self._mono())
         if not self.threaded:
             self._service_all()
+
+    # ---------------------------------------------------------------------------- spool
+
+    def _spill(self, packets: list[bytes]) -> None:
+        """Records the row queue cannot take, to the spool (oldest segments deleted past
+        spool_max_bytes: those records are lost, counted queue_full)."""
+        with self._lock:
+            sp = self._spool
+            before = sp.dropped_records
+            sp.append(packets)
+            lost = sp.dropped_records - before
+            self.queue_full += lost
+            self._settle[2] += lost
+
+    def _refill(self, now: float) -> None:
+        """While the row queue is at most half full and a writer is connected: the oldest
+        spool segment becomes one sealed batch (its segment deleted once that batch is
+        settled, released for a later replay when it is not by close)."""
+        sp = self._spool
+        if sp is None:
+            return
+        while True:
+            with self._lock:
+                if self._stopping or sp.empty or self._waiting > self.queue_rows // 2 or \
+                        not any(w.conn is not None for w in self._writers):
+                    return
+                got = sp.take_segment()
+            if got is None:
+                return
+            seq, packets = got
+            groups, rows, skipped = self._convert(packets, time.time())
+            b = _Batch(now, seq)
+            for table, start, n, data in groups:
+                b.tables.setdefault(table, []).append(data)
+                b.parts.add((table, start))
+                b.rows += n
+            for row in rows:
+                if row is None:
+                    skipped += 1
+                    continue
+                b.tables.setdefault(row.table, []).append(row.data)
+                b.parts.add((row.table, H.partition_start(row.ts_us)))
+                b.rows += 1
+            with self._lock:
+                self.rows_skipped += skipped
+                self._settle[1] += skipped
+                if not b.rows:
+                    sp.done(seq)
+                    continue
+                self._waiting += b.rows
+                self._spool_rows += b.rows
+                self._sealed.append(b)
+                self._cv.notify()
+
+    def _convert(self, packets: list[bytes], wall: float) -> tuple[list, list, int]:
+        """(groups, rows, skipped) of spooled packets: through a private ring and the C
+        encoder (its slow records by row_of), or row_of alone without `compiled`."""
+        if self._enc is None:
+            return [], [H.row_of(p, wall) for p in packets], 0
+        if self._replay is None:
+            import mmap
+
+            from hepfast.egress._ring import Ring, format_ring
+
+            mm = mmap.mmap(-1, 4096 + (8 << 20))
+            format_ring(mm, 8 << 20)
+            self._replay = Ring(mm)
+        ring = self._replay
+        groups: list = []
+        rows: list = []
+        skipped = 0
+        i = 0
+        while i < len(packets) or ring.used:
+            while i < len(packets) and ring.push(packets[i]) == 0:
+                i += 1
+            ring.publish()
+            b = ring.read(1 << 20)
+            try:
+                g, sk, _over, slow = self._enc.encode(b.span, wall, 1 << 40)
+            finally:
+                ring.release(b)
+            groups += g
+            skipped += sk
+            rows += [H.row_of(p, wall) for p in slow]
+        return groups, rows, skipped
+
+    def _spool_settled(self, b: _Batch) -> None:
+        """(lock held) Batch b replayed a spool segment and is settled: the segment goes."""
+        if b.seg >= 0 and self._spool is not None:
+            self._spool_rows -= b.rows
+            self._spool.done(b.seg)
 
     def settle(self) -> tuple[int, int, int]:
         with self._lock:
@@ -277,23 +393,38 @@ class PostgresEgress(Egress):
         else:
             self._service_all()
         with self._lock:
-            lost = self._waiting
+            # rows replaying a spool segment stay in the spool (replayed by the next start)
+            held = [b for b in self._sealed] + [w.cur for w in self._writers
+                                                if w.thread is None and w.cur is not None]
+            kept = 0
+            for b in held:
+                if b.seg >= 0 and self._spool is not None:
+                    self._spool.release(b.seg)
+                    kept += b.rows
+            lost = self._waiting - kept
             if lost:
                 self._say(logging.WARNING, "%s: %d rows not stored at close (%s)", self.name,
                           lost, self._detail)
                 self.rows_failed += lost
                 self._settle[1] += lost
-                self._sealed.clear()
-                self._waiting = 0
+            if kept:
+                self._say(logging.WARNING, "%s: %d spooled rows left in the spool at close",
+                          self.name, kept)
+            self._sealed.clear()
+            self._waiting = 0
+            self._spool_rows = 0
             for w in self._writers:
                 if w.thread is None:
                     w.cur = None
                     w.unsure = False
+            if self._spool is not None and not busy:
+                self._spool.close()
         if not busy:
             for w in self._writers:
                 self._drop_conn(w)
 
     def metrics(self) -> dict[str, float]:
+        sp = self._spool
         return {
             "up": 1.0 if self.health()[0] else 0.0,
             "writers_connected": float(sum(1 for w in self._writers if w.conn is not None)),
@@ -312,6 +443,11 @@ class PostgresEgress(Egress):
             "errors_data_total": float(self.errors["data"]),
             "partitions_created_total": float(self.partitions_created),
             "partitions_dropped_total": float(self.partitions_dropped),
+            "spool_bytes": float(sp.bytes if sp is not None else 0),
+            "spool_records": float(sp.records if sp is not None else 0),
+            "spool_written_total": float(sp.written_records if sp is not None else 0),
+            "spool_replayed_total": float(sp.replayed_records if sp is not None else 0),
+            "spool_dropped_total": float(sp.dropped_records if sp is not None else 0),
         }
 
     # ---------------------------------------------------------------------------- internals
@@ -530,6 +666,7 @@ class PostgresEgress(Egress):
                 self.rows_failed += b.rows
                 self._settle[1] += b.rows
                 self._waiting -= b.rows
+                self._spool_settled(b)
             return True
         self._settled_ok(b, t0)
         return True
@@ -543,6 +680,7 @@ class PostgresEgress(Egress):
             self.rows_written += b.rows
             self._settle[0] += b.rows
             self._waiting -= b.rows
+            self._spool_settled(b)
 
     def _rotate(self, w: _Writer) -> None:
         """Drop partitions past retention_days, forget old batch ids, create the current and
