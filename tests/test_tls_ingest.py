@@ -347,6 +347,56 @@ def test_hostile_peers_close_only_their_own_connection(tmp_path, certs, sink):
     check_accounting(summary)
 
 
+def test_mutated_handshakes_never_crash_the_worker(tmp_path, certs, sink):
+    """Sixty connections with a ClientHello mutated at random (bytes flipped, cut, repeated,
+    junk after it), closed at once or left to time out: none takes the worker down (no
+    restart), each is closed and counted, and a good agent keeps flowing."""
+    pkts = corpus_messages(limit=120)
+    sw = SwitchProcess(tmp_path, config(certs, udp_out(sink.port),
+                                        extra="message_timeout = 0.5"),
+                       workers=1, extra=["--no-admin"])
+    hello = client_hello()
+    rng = random.Random(5)
+    try:
+        port = sw.ports["tls"]
+        good = tls_connect(port, client_context(certs))
+        hostile = []
+        for i in range(60):
+            m = bytearray(hello)
+            for _ in range(rng.randint(1, 8)):
+                m[rng.randrange(len(m))] = rng.randrange(256)
+            how = i % 4
+            if how == 1:
+                m = m[:rng.randrange(5, len(m))]
+            elif how == 2:
+                m = m + m
+            elif how == 3:
+                m = m + bytes(rng.randrange(256) for _ in range(rng.randint(1, 3000)))
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(bytes(m))
+            if rng.random() < 0.5:
+                s.close()
+            else:
+                hostile.append(s)
+            if i % 20 == 0:
+                good.sendall(b"".join(pkts[i:i + 20]))
+        for s in hostile:
+            assert closed_by_peer(s)
+        good.sendall(b"".join(pkts[60:]))
+        assert sink.wait_for(len(pkts), timeout=30)
+        good.close()
+        sink.wait_quiet(0.3, timeout=10)
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    assert collections.Counter(sink.packets) == collections.Counter(pkts)
+    assert summary["restarts"] == 0
+    c = summary["connections"]["tls"]
+    assert c["accepted"] == 61 and c["open"] == 0
+    assert sum(c["closed"].values()) == 61 and c["closed"]["eof"] >= 1
+    assert set(c["closed"]) <= {"tls_handshake", "tls_verify", "eof", "error"}, c
+
+
 def test_reload_serves_a_new_certificate_to_new_connections(tmp_path, certs, sink):
     """A reload that changes tls_cert/tls_key: connections made after it get the new
     certificate; one made before keeps its session and keeps flowing."""
@@ -382,6 +432,38 @@ def test_reload_serves_a_new_certificate_to_new_connections(tmp_path, certs, sin
         sw.kill()
     assert collections.Counter(sink.packets) == collections.Counter(pkts)
     assert summary["connections"]["tls"]["closed"] == {"eof": 2}
+
+
+def test_reload_rereads_a_certificate_renewed_in_place(tmp_path, certs, sink):
+    """The same paths, new contents (a renewal): a reload serves the new certificate."""
+    for ext in ("crt", "key"):
+        shutil.copy(certs[f"server.{ext}"], tmp_path / f"live.{ext}")
+    files = dict(certs, **{"live.crt": str(tmp_path / "live.crt"),
+                           "live.key": str(tmp_path / "live.key")})
+    sw = SwitchProcess(tmp_path, config(files, udp_out(sink.port), cert="live"), workers=1,
+                       extra=["--no-admin"])
+
+    def der(name: str) -> bytes:
+        return ssl.PEM_cert_to_DER_cert(Path(certs[f"{name}.crt"]).read_text())
+
+    try:
+        port = sw.ports["tls"]
+        first = tls_connect(port, client_context(certs))
+        assert first.getpeercert(binary_form=True) == der("server")
+        first.close()
+        for ext in ("crt", "key"):
+            shutil.copy(certs[f"server2.{ext}"], tmp_path / f"live.{ext}")
+        sw.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reloaded" not in sw.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "reloaded" in sw.stderr(), sw.stderr()
+        second = tls_connect(port, client_context(certs))
+        assert second.getpeercert(binary_form=True) == der("server2")
+        second.close()
+        sw.stop()
+    finally:
+        sw.kill()
 
 
 def test_replay_over_tls_into_a_tls_listener(tmp_path, certs, sink):
