@@ -43,6 +43,11 @@ if _SANITIZE:
 # --- end of sanitizer block -------------------------------------------------------------------
 
 
+# System libraries a module links: the worker's TLS listeners use OpenSSL (ext/dataplane/tls.pxd;
+# headers from libssl-dev, which scripts/ensure-deps.sh installs).
+LIBRARIES = {"dataplane._worker": ["ssl", "crypto"]}
+
+
 def generate_constants() -> None:
     sys.path.insert(0, os.path.join(HERE, "scripts"))
     try:
@@ -61,7 +66,8 @@ def extensions() -> tuple:
         mods.append(Extension(f"hepfast.{layer}.{name}", [src],
                               include_dirs=include + [numpy.get_include()],
                               define_macros=macros, extra_compile_args=cflags,
-                              extra_link_args=ldflags))
+                              extra_link_args=ldflags,
+                              libraries=LIBRARIES.get(f"{layer}.{name}", [])))
     return mods, include
 
 

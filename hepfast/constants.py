@@ -28,8 +28,12 @@ DROP = {n: i for i, n in enumerate(DROP_NAMES)}
 DEST_DROPS = ("queue_full", "send_error", "too_big", "unconvertible")
 
 # --- why a stream connection was closed: hepfast_connections_closed_total{reason} -------------
+# tls_handshake: a TLS handshake that failed (not TLS, a protocol error, a close in the middle) or
+# did not complete within the listener's message_timeout; tls_verify: the client's certificate
+# was missing (tls_verify_client = "required") or did not verify against tls_ca.
 CONN_CLOSE_NAMES = (
     "eof", "error", "invalid", "too_big", "stalled", "idle", "limit", "stop",
+    "tls_handshake", "tls_verify",
 )
 CONN_CLOSE = {n: i for i, n in enumerate(CONN_CLOSE_NAMES)}
 

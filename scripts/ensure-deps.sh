@@ -7,7 +7,8 @@
 #   only when no initdb is found.
 # - `tshark` (Debian package), for the pcap destination's tests (they read its files with it):
 #   installed only when missing, answering wireshark-common's setuid question (no) beforehand.
-# - a C compiler and the Python headers (build_ext), when missing.
+# - a C compiler, the Python headers and the OpenSSL headers (libssl-dev) for build_ext, and the
+#   `openssl` command (the TLS tests make certificates with it), when missing.
 # - the Python packages of pyproject.toml (run + test + build), with `python3 -m pip`, only those
 #   that do not import.
 # apt-get: `apt-get update` is run only if an install fails (stale or empty package lists on a
@@ -84,6 +85,14 @@ fi
 # --- compiler and Python headers (python3 setup.py build_ext) -----------------------------
 if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
     apt_install "C compiler" gcc libc6-dev || status=1
+fi
+# OpenSSL: the worker's TLS listeners link libssl/libcrypto (headers: libssl-dev); the TLS tests
+# make their certificates with the openssl command.
+if [ ! -f /usr/include/openssl/ssl.h ]; then
+    apt_install "OpenSSL headers" libssl-dev || status=1
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+    apt_install "openssl command" openssl || say "no openssl command: the TLS tests will skip"
 fi
 header="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)/Python.h"
 if [ ! -f "$header" ]; then

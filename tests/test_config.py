@@ -365,9 +365,9 @@ CHECK_ERRORS = [
     (BASE + rule('forward = ["qos", "homr"]'), 'rules[0].forward[1]: unknown destination "homr"'),
     (BASE + rule('forward = ["homer"]', "a") + rule('drop = true', "a"),
      'rules[1].name: duplicate rule name "a"'),
-    # Valid schema, not implemented by the switch yet: check refuses, naming the field.
+    # A tls listener without its certificate: check refuses, naming the field.
     (BASE.replace('listen = "127.0.0.1:9060"', 'listen = "127.0.0.1:9060"\ntransport = "tls"'),
-     "listeners[0].transport: transport tls is not supported yet"),
+     'listeners[0].tls_cert: a tls listener needs "tls_cert"'),
     (BASE + '[destinations.arch]\ntransport = "file"\npath = "/tmp/x"\nencapsulate = true\n',
      'destinations.arch.encapsulate: "encapsulate" is used by pcap destinations only'),
     (BASE + '[destinations.t]\ntargets = ["1.2.3.4:5"]\ntransport = "tls"\nhep_version = 2\n',

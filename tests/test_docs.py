@@ -218,7 +218,8 @@ def exported_metrics() -> dict[str, list[str]]:
                 labels = [e.value for e in kw.value.elts]
         suffix = "_total" if node.func.id == "CounterMetricFamily" else ""
         out[first.value + suffix] = labels
-    # Egress store metrics: hepfast_egress_<key> per key of each store's metrics().
+    # Egress store metrics: hepfast_egress_<key> per key of each store's metrics(), except the
+    # spool's: hepfast_<key> (metrics._egress_family).
     for f in (ROOT / "hepfast" / "egress").glob("*.py"):
         tree = ast.parse(f.read_text())
         for node in ast.walk(tree):
@@ -227,7 +228,9 @@ def exported_metrics() -> dict[str, list[str]]:
                     if isinstance(d, ast.Dict):
                         for k in d.keys:
                             if isinstance(k, ast.Constant) and k.value != "up":
-                                out[f"hepfast_egress_{k.value}"] = ["destination"]
+                                prefix = "hepfast_" if k.value.startswith("spool_") else \
+                                    "hepfast_egress_"
+                                out[f"{prefix}{k.value}"] = ["destination"]
     return out
 
 
@@ -240,9 +243,9 @@ def test_metrics_reference_covers_every_metric_and_label():
         assert len(rows) == 1, f"no row for {name}"
         for label in labels:
             assert f"`{label}`" in rows[0], f"{name}: label {label}"
-    from hepfast.constants import DROP_NAMES, INVALID_NAMES
+    from hepfast.constants import CONN_CLOSE_NAMES, DROP_NAMES, INVALID_NAMES
 
-    for reason in INVALID_NAMES[1:] + DROP_NAMES:
+    for reason in INVALID_NAMES[1:] + DROP_NAMES + CONN_CLOSE_NAMES:
         assert f"`{reason}`" in text, reason
     # nothing documented that does not exist
     documented = set(re.findall(r"^\| `(hepfast_\w+)` \|", text, re.M))

@@ -20,7 +20,9 @@ from hepfast.tools.sink import StreamSink, server_context
 from hepfast.wire.chunks import encode_packet
 from hepfast.wire.hashing import target_seed
 
-OUTAGE_S = float(os.environ.get("HEPFAST_TEST_OUTAGE_S", "5"))
+# The collector outage of the end-to-end tests (issue 11: 30 s); HEPFAST_TEST_OUTAGE_S=5 for a
+# quicker local run.
+OUTAGE_S = float(os.environ.get("HEPFAST_TEST_OUTAGE_S", "30"))
 
 
 def pkt(seq: int, call: int = 0, pad: int = 40) -> bytes:
@@ -223,9 +225,12 @@ def test_spool_keeps_order_through_an_outage(tmp_path):
         for _ in range(5):
             more(200)
             e.flush()
+        # everything so far delivered (a collector that stops before it accepted the connection
+        # loses what the kernel took for it: counted as forwarded, docs/transports.md)
+        assert pump_until(e, lambda: len(sink.packets) == len(sent), timeout=60)
         sink.close()                                # the collector stops mid-stream
         got = list(sink.packets)
-        end = time.monotonic() + OUTAGE_S / 2
+        end = time.monotonic() + 2.5               # in process; the 30 s one is end to end
         while time.monotonic() < end:
             more(100)
             e.flush()
@@ -400,69 +405,121 @@ def wait_for(cond, timeout: float) -> bool:
     return cond()
 
 
-def test_outage_with_spool_end_to_end(tmp_path):
-    """hepfast run, a tcp destination with a spool: the collector stops mid-stream for
-    OUTAGE_S seconds while traffic continues, then comes back: every packet arrives, in the order
-    it was sent (one sending flow), and the spool ends empty."""
-    from tests.switchhelp import SwitchProcess, check_accounting
+class Agents:
+    """Two agents on TCP connections to the switch's tcp listener; agent i sends call i with
+    its own sequence numbers, paced."""
+
+    def __init__(self, port: int, n: int = 2) -> None:
+        self.conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+        self.sent = [0] * n
+
+    def send(self, per_agent: int, pace: int = 50, pause: float = 0.002) -> None:
+        left = per_agent
+        while left > 0:
+            k = min(pace, left)
+            for i, s in enumerate(self.conns):
+                s.sendall(b"".join(pkt(self.sent[i] + j, call=i) for j in range(k)))
+                self.sent[i] += k
+            left -= k
+            time.sleep(pause)
+
+    def close(self) -> None:
+        for s in self.conns:
+            s.close()
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent)
+
+
+def outage_config(port: int, extra: str) -> str:
+    """Two workers, a tcp listener for the agents, one tcp destination."""
+    return stream_config(port, extra).replace("workers = 1", "workers = 2").replace(
+        '[destinations.c]', '[[listeners]]\n        name = "tcp"\n        listen = "127.0.0.1:0"'
+        '\n        transport = "tcp"\n        [destinations.c]')
+
+
+def collector_outage(tmp_path, extra: str, *, settle: bool = False):
+    """The collector stops mid-stream for OUTAGE_S seconds (30 by default, the issue's number)
+    while both agents keep sending, then starts again; 500 more packets per agent follow at once
+    (with the spool, interleaved with its replay), or with `settle` once the switch has
+    reconnected and sent what it kept. Returns (agents, what the collector got before and after,
+    the switch's summary)."""
+    from tests.switchhelp import SwitchProcess
 
     port = free_tcp_port()
-    spool = tmp_path / "spool"
-    sink = StreamSink(("127.0.0.1", port)).start(timeout=300)
-    sw = SwitchProcess(tmp_path, stream_config(port, f'spool = "{spool}"\nqueue_packets = 500'),
-                       workers=1, extra=["--no-admin"])
-    pkts = [pkt(i) for i in range(6000)]
+    sink = StreamSink(("127.0.0.1", port)).start(timeout=600)
+    sw = SwitchProcess(tmp_path, outage_config(port, extra), workers=2, extra=["--no-admin"])
+    agents = None
     try:
-        sw.send(pkts[:2000], pace_every=50, pace_s=0.002)
-        assert sink.wait_for(2000, timeout=60)
-        sink.close()                                       # the collector stops
+        agents = Agents(sw.ports["tcp"])
+        agents.send(1000)
+        assert sink.wait_for(agents.total, timeout=60)
+        sink.close()                                       # the collector stops (orderly)
         first = list(sink.packets)
-        steps = max(1, int(OUTAGE_S / 0.5))
-        per = 3000 // steps
-        sent = 2000
-        for _ in range(steps):                             # traffic continues meanwhile
-            sw.send(pkts[sent:sent + per], pace_every=50, pace_s=0.002)
-            sent += per
-            time.sleep(0.5)
-        sw.send(pkts[sent:5000], pace_every=50, pace_s=0.002)
-        assert wait_for(lambda: any(spool.rglob("*.spool")), timeout=30)
-        sink = StreamSink(("127.0.0.1", port)).start(timeout=300)    # back
-        sw.send(pkts[5000:], pace_every=50, pace_s=0.002)
-        assert wait_for(lambda: len(first) + len(sink.packets) >= len(pkts), timeout=120)
+        end = time.monotonic() + OUTAGE_S
+        while time.monotonic() < end:                      # traffic continues meanwhile
+            agents.send(50)
+            time.sleep(0.25)
+        sink = StreamSink(("127.0.0.1", port)).start(timeout=600)    # back
+        if settle:
+            assert wait_for(lambda: sink.connections > 0, timeout=60)
+            sink.wait_quiet(0.5, timeout=60)
+        agents.send(500)
+        agents.close()
+        last = {(i, n - 1) for i, n in enumerate(agents.sent)}
+        assert wait_for(lambda: last <= {seq_of(p) for p in sink.packets[-200:]}, timeout=120)
+        sink.wait_quiet(1.0, timeout=120)
         summary = sw.stop()
     finally:
+        if agents is not None:
+            agents.close()
         sw.kill()
         sink.close()
-    assert first + sink.packets == pkts
+    return agents, first, list(sink.packets), summary
+
+
+def per_agent(packets) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for p in packets:
+        call, seq = seq_of(p)
+        out.setdefault(call, []).append(seq)
+    return out
+
+
+def test_outage_with_spool_end_to_end(tmp_path):
+    """hepfast run, a tcp destination with a spool: the collector stops mid-stream for
+    OUTAGE_S seconds while two agents keep sending over TCP, then comes back: every packet
+    arrives, exactly once, in order per source connection, and the spool ends empty."""
+    from tests.switchhelp import check_accounting
+
+    spool = tmp_path / "spool"
+    agents, first, second, summary = collector_outage(
+        tmp_path, f'spool = "{spool}"\nqueue_packets = 500')
+    got = per_agent(first + second)
+    assert got == {i: list(range(n)) for i, n in enumerate(agents.sent)}
+    assert summary["dropped_by_destination"].get("c", {}).get("queue_full", 0) == 0
     assert not list(spool.rglob("*.spool"))
-    assert summary["forwarded"][f"c/127.0.0.1:{port}"] == len(pkts)
+    assert sum(summary["forwarded"].values()) == agents.total
     check_accounting(summary)
 
 
 def test_outage_without_spool_loses_exactly_queue_full(tmp_path):
-    from tests.switchhelp import SwitchProcess, check_accounting
+    """The same outage without a spool: the memory queue keeps queue_packets per target, the
+    rest is dropped and counted as queue_full, and the loss is exactly that count; what
+    arrives is in order per source connection, without a repeat."""
+    from tests.switchhelp import check_accounting
 
-    port = free_tcp_port()
-    sw = SwitchProcess(tmp_path, stream_config(port, "queue_packets = 300"), workers=1,
-                       extra=["--no-admin"])
-    sink = None
-    pkts = [pkt(i) for i in range(3000)]
-    try:
-        sw.send(pkts[:2000], pace_every=50, pace_s=0.002)   # nobody listens
-        time.sleep(0.5)
-        sink = StreamSink(("127.0.0.1", port)).start(timeout=300)
-        assert sink.wait_for(300, timeout=60)
-        sw.send(pkts[2000:], pace_every=50, pace_s=0.002)
-        assert sink.wait_for(1300, timeout=60)
-        summary = sw.stop()
-    finally:
-        sw.kill()
-        if sink is not None:
-            sink.close()
+    agents, first, second, summary = collector_outage(tmp_path, "queue_packets = 300",
+                                                      settle=True)
     full = summary["dropped_by_destination"]["c"]["queue_full"]
-    assert full == 2000 - 300
-    assert len(sink.packets) == len(pkts) - full
-    assert sink.packets == pkts[:300] + pkts[2000:]
+    assert full > 0
+    assert len(first) + len(second) == agents.total - full
+    got = per_agent(first + second)
+    for i, n in enumerate(agents.sent):
+        seqs = got[i]
+        assert seqs == sorted(set(seqs)) and seqs[:1000] == list(range(1000))
+        assert seqs[-500:] == list(range(n - 500, n))        # after the restart: all of it
     check_accounting(summary)
 
 

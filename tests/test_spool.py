@@ -84,3 +84,27 @@ def test_a_segment_being_replayed_is_not_dropped(tmp_path):
     assert refused == 150 and sp.dropped_records == 150 and sp.records == 900
     sp.done(seq)
     assert sp.empty
+
+
+def test_spool_metric_names_and_types():
+    """The spool's metrics are hepfast_spool_* (issue 11 names hepfast_spool_dropped_total), its
+    totals counters; the other egress metrics keep hepfast_egress_*."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hepfast.observe.metrics import build_registry, exposition
+    from tests.promhelper import FakeSup
+
+    sup = FakeSup()
+    sup.egress_status = lambda: [{
+        "destination": "c", "ring_used_bytes": 0, "ring_size_bytes": 1 << 20, "alive": True,
+        "up": True, "metrics": {"spool_bytes": 4096.0, "spool_dropped_total": 7.0,
+                                "spool_torn_total": 1.0, "stream_queue_packets": 3.0}}]
+    fams = {f.name: f for f in
+            text_string_to_metric_families(exposition(build_registry(sup)).decode())}
+    assert fams["hepfast_spool_dropped"].type == "counter"
+    assert [(s.name, s.labels, s.value) for s in fams["hepfast_spool_dropped"].samples] == \
+        [("hepfast_spool_dropped_total", {"destination": "c"}, 7.0)]
+    assert fams["hepfast_spool_torn"].type == "counter"
+    assert fams["hepfast_spool_bytes"].type == "gauge"
+    assert fams["hepfast_egress_stream_queue_packets"].type == "gauge"
+    assert not [n for n in fams if n.startswith("hepfast_egress_spool")]

@@ -45,9 +45,10 @@ from netsys cimport (
     epoll_event,
     recvmmsg, sendmmsg, getsockopt, poll, accept4, epoll_create1, epoll_ctl, epoll_wait, read,
     close, MSG_DONTWAIT, MSG_WAITFORONE, SOL_SOCKET, SO_ERROR, SO_TYPE, SOCK_STREAM,
-    SOCK_NONBLOCK, SOCK_CLOEXEC, AF_INET, AF_INET6, POLLIN, EPOLLIN, EPOLLRDHUP, EPOLL_CTL_ADD,
-    EPOLL_CLOEXEC,
+    SOCK_NONBLOCK, SOCK_CLOEXEC, AF_INET, AF_INET6, POLLIN, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
+    EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC,
 )
+from tls cimport *          # OpenSSL: TLS listeners only (nothing here runs for udp or tcp)
 from constants cimport *    # reason codes, modes, counter layout, capacities (generated)
 from constants cimport constants
 
@@ -120,6 +121,7 @@ cdef struct listener_t:
     const uint64_t *allow      # [n][4]: net_hi, net_lo, mask_hi, mask_lo over v4-mapped v6
     const uint8_t *allow_fam   # [n]: 4 or 6, a row only matches senders of its family
     Py_ssize_t nallow
+    SSL_CTX *tls               # a tls listener's context (owned by the bound plan), else NULL
 
 
 cdef struct bound_t:
@@ -148,6 +150,9 @@ cdef struct conn_t:
     int reads                   # reads since then
     int64_t last                # last data
     sockaddr_storage peer
+    SSL *ssl                    # a TLS connection's session, else NULL (plain TCP)
+    int hs                      # TLS: 1 while the handshake is in progress (msg_start: its start)
+    uint32_t events             # TLS: the epoll events asked for now (OUT: OpenSSL must write)
 
 
 cdef enum:
@@ -190,6 +195,12 @@ cdef inline bint ct_equal(const uint8_t *a, const uint8_t *b, Py_ssize_t n) noex
 
 cdef void _free_bound(bound_t *b) noexcept nogil:
     cdef int i
+    for i in range(MAX_LISTENERS):
+        if b.listeners[i].tls != NULL:
+            # Connections accepted with it hold their own reference (SSL_new) and keep it
+            # until they close: a reload changes the certificate for new connections only.
+            SSL_CTX_free(b.listeners[i].tls)
+            b.listeners[i].tls = NULL
     if b.targets != NULL:
         for i in range(b.ntargets):
             free(b.targets[i].msgs)
@@ -215,6 +226,85 @@ cdef const void *_ptr(object buf, bint writable) except NULL:
     if ro.shape[0] == 0:
         raise ValueError("empty buffer")
     return &ro[0]
+
+
+# ---------------------------------------------------------------------- TLS listeners (contexts)
+
+cdef int _no_passphrase(char *buf, int size, int rwflag, void *u) noexcept nogil:
+    return 0                    # an encrypted key fails to load (never a prompt on a terminal)
+
+
+cdef str _ssl_errors():
+    """The thread's OpenSSL error queue as text (and emptied)."""
+    cdef char buf[256]
+    cdef unsigned long e
+    out = []
+    while True:
+        e = ERR_get_error()
+        if e == 0:
+            break
+        ERR_error_string_n(e, buf, sizeof(buf))
+        out.append(buf.decode("utf-8", "replace"))
+    return "; ".join(out) or "unknown OpenSSL error"
+
+
+cdef SSL_CTX *_tls_context(object lt) except NULL:
+    """The server context of a tls listener (hepfast.plan.format.PlanListener fields): its
+    certificate chain and key, the CA client certificates are verified against, the verify mode
+    and the oldest version. Raises ValueError naming the listener and the file."""
+    import os
+    cdef SSL_CTX *ctx
+    cdef int mode
+    cdef void *names
+    cdef bytes cert = os.fsencode(lt.tls_cert), key = os.fsencode(lt.tls_key)
+    cdef bytes ca = os.fsencode(lt.tls_ca)
+    where = f"listener {lt.name}"
+    ERR_clear_error()
+    ctx = SSL_CTX_new(TLS_server_method())
+    if ctx == NULL:
+        raise MemoryError(f"{where}: SSL_CTX_new: {_ssl_errors()}")
+    try:
+        if SSL_CTX_set_min_proto_version(
+                ctx, TLS1_3_VERSION if lt.tls_min_version == "1.3" else TLS1_2_VERSION) != 1:
+            raise ValueError(f"{where}: tls_min_version {lt.tls_min_version}: {_ssl_errors()}")
+        # No renegotiation (a peer cannot make the worker redo handshakes), no compression, no
+        # session resumption (workers share no cache; agents keep their connection), buffers
+        # released while a connection is idle (10,000 idle agents), an EOF without close_notify
+        # is an end like any other (HEP is framed by its own length).
+        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION
+                            | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF)
+        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS)
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)
+        SSL_CTX_set_num_tickets(ctx, 0)
+        SSL_CTX_set_default_passwd_cb(ctx, _no_passphrase)
+        if SSL_CTX_use_certificate_chain_file(ctx, cert) != 1:
+            raise ValueError(f"{where}: tls_cert {lt.tls_cert}: {_ssl_errors()}")
+        if SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1:
+            raise ValueError(f"{where}: tls_key {lt.tls_key}: {_ssl_errors()}")
+        if SSL_CTX_check_private_key(ctx) != 1:
+            raise ValueError(f"{where}: tls_key {lt.tls_key} is not the key of tls_cert: "
+                             f"{_ssl_errors()}")
+        if ca:
+            if SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1:
+                raise ValueError(f"{where}: tls_ca {lt.tls_ca}: {_ssl_errors()}")
+            names = SSL_load_client_CA_file(ca)      # the CAs named to clients
+            if names != NULL:
+                SSL_CTX_set_client_CA_list(ctx, names)
+        if lt.tls_verify == 2:
+            mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+        elif lt.tls_verify == 1:
+            mode = SSL_VERIFY_PEER
+        else:
+            mode = SSL_VERIFY_NONE
+        if mode != SSL_VERIFY_NONE and not ca:
+            raise ValueError(f"{where}: client verification needs tls_ca")
+        SSL_CTX_set_verify(ctx, mode, NULL)
+    except BaseException:
+        SSL_CTX_free(ctx)
+        ERR_clear_error()
+        raise
+    ERR_clear_error()
+    return ctx
 
 
 cdef class Worker:
@@ -312,6 +402,8 @@ cdef class Worker:
         cdef int i
         if self.conns != NULL:
             for i in range(self.conn_hi):
+                if self.conns[i].ssl != NULL:
+                    SSL_free(self.conns[i].ssl)
                 if self.conns[i].fd >= 0:
                     close(self.conns[i].fd)
                 free(self.conns[i].buf)
@@ -461,6 +553,8 @@ cdef class Worker:
                     nb.listeners[i].max_conns = min(int(lt.max_connections), MAX_CONNS)
                     nb.listeners[i].message_timeout_ns = int(lt.message_timeout * 1e9)
                     nb.listeners[i].idle_timeout_ns = int(lt.idle_timeout * 1e9)
+                    if getattr(lt, "transport", "tcp") == "tls":
+                        nb.listeners[i].tls = _tls_context(lt)
                 key = bytes(lt.auth_key)
                 nb.listeners[i].has_auth = 1 if key else 0
                 if key:
@@ -857,6 +951,16 @@ cdef class Worker:
         cdef conn_t *c = &self.conns[ci]
         if c.fd < 0:
             return
+        if c.ssl != NULL:
+            if not c.hs and reason != C_ERROR and reason != C_EOF:
+                # We end it (idle, stop, a bad message): one non-blocking try at close_notify,
+                # so the agent knows the close was meant. Never after an error (OpenSSL's rule).
+                ERR_clear_error()
+                SSL_shutdown(c.ssl)
+            SSL_free(c.ssl)         # the fd is ours (SSL_set_fd: BIO_NOCLOSE)
+            ERR_clear_error()
+            c.ssl = NULL
+            c.hs = 0
         close(c.fd)                 # also leaves the epoll set
         free(c.buf)
         c.buf = NULL
@@ -871,6 +975,7 @@ cdef class Worker:
         cdef socklen_t alen
         cdef int fd, ci, _k
         cdef epoll_event ev
+        cdef SSL *ssl
         for _k in range(64):
             alen = sizeof(sockaddr_storage)
             fd = accept4(self.listener_fds[li], <sockaddr *>&sa, &alen,
@@ -895,16 +1000,37 @@ cdef class Worker:
                 close(fd)
                 self._cc(li, 2 + C_LIMIT)[0] += 1
                 continue
+            ssl = NULL
+            if lst.tls != NULL:
+                # The handshake runs in this loop like the reads (_tls_event); it must end
+                # within message_timeout (_sweep). The session keeps its context alive.
+                ERR_clear_error()
+                ssl = SSL_new(lst.tls)
+                if ssl == NULL or SSL_set_fd(ssl, fd) != 1:
+                    if ssl != NULL:
+                        SSL_free(ssl)
+                    ERR_clear_error()
+                    close(fd)
+                    self._cc(li, 2 + C_ERROR)[0] += 1
+                    continue
+                SSL_set_accept_state(ssl)
             self.conns[ci].fd = fd
             self.conns[ci].li = li
             self.conns[ci].len = 0
-            self.conns[ci].msg_start = 0
+            self.conns[ci].msg_start = self.now if ssl != NULL else 0
             self.conns[ci].reads = 0
             self.conns[ci].last = self.now
             self.conns[ci].peer = sa
+            self.conns[ci].ssl = ssl
+            self.conns[ci].hs = 1 if ssl != NULL else 0
+            self.conns[ci].events = EPOLLIN | EPOLLRDHUP
             ev.events = EPOLLIN | EPOLLRDHUP
             ev.data.u64 = ci
             if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+                if ssl != NULL:
+                    SSL_free(ssl)
+                    self.conns[ci].ssl = NULL
+                    self.conns[ci].hs = 0
                 close(fd)
                 self.conns[ci].fd = -1
                 self._cc(li, 2 + C_ERROR)[0] += 1
@@ -928,14 +1054,10 @@ cdef class Worker:
         return 0
 
     cdef void _read(self, int ci) noexcept nogil:
-        """Read what a connection has, frame it by the HEPv3 length field, process every whole
-        message. Bad framing closes this connection only; the others are untouched."""
+        """Read what a plain TCP connection has and frame it (_frame)."""
         cdef conn_t *c = &self.conns[ci]
-        cdef listener_t *lst = &self.b.listeners[c.li]
-        cdef Py_ssize_t pos, ln, want
         cdef ssize_t r
-        cdef int _k, li = c.li
-        cdef const uint8_t *q
+        cdef int _k
         for _k in range(READS_PER_EVENT):
             if c.len == c.cap and self._grow(c, c.cap + 1 if c.cap else CONN_BUF0) != 0:
                 self._close(ci, C_ERROR)
@@ -951,65 +1073,165 @@ cdef class Worker:
                     return
                 self._close(ci, C_ERROR)
                 return
-            c.len += r
-            c.last = self.now
-            if c.msg_start == 0:
-                c.msg_start = self.now
-            c.reads += 1
-            pos = 0
-            while c.len - pos >= 6:
-                q = c.buf + pos
-                if not (q[0] == 0x48 and q[1] == 0x45 and q[2] == 0x50 and q[3] == 0x33):
-                    # HEPv1/v2 carry no total length: on a stream they cannot be framed.
-                    # (A refused message counts as one read, valid or not, like a datagram.)
-                    self.ctr[H_DATAGRAMS] += 1
-                    self.ctr[OFF_INVALID + li * N_INVALID +
-                             (R_VERSION if q[0] == 1 or q[0] == 2 else R_MAGIC)] += 1
-                    self._flush_all()
-                    self._close(ci, C_INVALID)
-                    return
-                ln = (<Py_ssize_t>q[4] << 8) | q[5]
-                if ln < 6:
-                    self.ctr[H_DATAGRAMS] += 1
-                    self.ctr[OFF_INVALID + li * N_INVALID + R_LENGTH] += 1
-                    self._flush_all()
-                    self._close(ci, C_INVALID)
-                    return
-                if ln > lst.max_message:
-                    self.ctr[H_DATAGRAMS] += 1
-                    self.ctr[OFF_INVALID + li * N_INVALID + R_LENGTH] += 1
-                    self._flush_all()
-                    self._close(ci, C_TOO_BIG)
-                    return
-                if c.len - pos < ln:
-                    want = pos + ln
-                    if want > c.cap and pos == 0 and self._grow(c, want) != 0:
-                        self._close(ci, C_ERROR)
-                        return
-                    break
+            if self._frame(ci, r):
+                return
+
+    cdef int _frame(self, int ci, Py_ssize_t got) noexcept nogil:
+        """`got` new bytes at the end of the connection's buffer (read, or decrypted by TLS):
+        frame by the HEPv3 length field, process every whole message. Bad framing closes this
+        connection only; the others are untouched. Returns 1 when the connection was closed."""
+        cdef conn_t *c = &self.conns[ci]
+        cdef listener_t *lst = &self.b.listeners[c.li]
+        cdef Py_ssize_t pos, ln, want
+        cdef int li = c.li
+        cdef const uint8_t *q
+        c.len += got
+        c.last = self.now
+        if c.msg_start == 0:
+            c.msg_start = self.now
+        c.reads += 1
+        pos = 0
+        while c.len - pos >= 6:
+            q = c.buf + pos
+            if not (q[0] == 0x48 and q[1] == 0x45 and q[2] == 0x50 and q[3] == 0x33):
+                # HEPv1/v2 carry no total length: on a stream they cannot be framed.
+                # (A refused message counts as one read, valid or not, like a datagram.)
                 self.ctr[H_DATAGRAMS] += 1
-                self._one(li, q, ln, &c.peer, 0)
-                pos += ln
-                c.msg_start = 0
-                c.reads = 0
-            if pos:
-                # The messages' bytes are about to move: send what points into them first.
+                self.ctr[OFF_INVALID + li * N_INVALID +
+                         (R_VERSION if q[0] == 1 or q[0] == 2 else R_MAGIC)] += 1
                 self._flush_all()
-                c.len -= pos
-                if c.len:
-                    memmove(c.buf, c.buf + pos, c.len)
-                    c.msg_start = self.now
-                    c.reads = 1
-            if c.len == 0 and c.cap > CONN_BUF0:
-                free(c.buf)          # an idle connection keeps no buffer
-                c.buf = NULL
-                c.cap = 0
-            elif c.len and c.reads > lst.max_reads:
-                self._close(ci, C_STALLED)
+                self._close(ci, C_INVALID)
+                return 1
+            ln = (<Py_ssize_t>q[4] << 8) | q[5]
+            if ln < 6:
+                self.ctr[H_DATAGRAMS] += 1
+                self.ctr[OFF_INVALID + li * N_INVALID + R_LENGTH] += 1
+                self._flush_all()
+                self._close(ci, C_INVALID)
+                return 1
+            if ln > lst.max_message:
+                self.ctr[H_DATAGRAMS] += 1
+                self.ctr[OFF_INVALID + li * N_INVALID + R_LENGTH] += 1
+                self._flush_all()
+                self._close(ci, C_TOO_BIG)
+                return 1
+            if c.len - pos < ln:
+                want = pos + ln
+                if want > c.cap and pos == 0 and self._grow(c, want) != 0:
+                    self._close(ci, C_ERROR)
+                    return 1
+                break
+            self.ctr[H_DATAGRAMS] += 1
+            self._one(li, q, ln, &c.peer, 0)
+            pos += ln
+            c.msg_start = 0
+            c.reads = 0
+        if pos:
+            # The messages' bytes are about to move: send what points into them first.
+            self._flush_all()
+            c.len -= pos
+            if c.len:
+                memmove(c.buf, c.buf + pos, c.len)
+                c.msg_start = self.now
+                c.reads = 1
+        if c.len == 0 and c.cap > CONN_BUF0:
+            free(c.buf)          # an idle connection keeps no buffer
+            c.buf = NULL
+            c.cap = 0
+        elif c.len and c.reads > lst.max_reads:
+            self._close(ci, C_STALLED)
+            return 1
+        return 0
+
+    # ---------------------------------------------------------- TLS connections (tls listeners)
+
+    cdef void _tls_want(self, int ci, int write) noexcept nogil:
+        """Wait for what OpenSSL needs: readable, or (it has bytes to send that the socket did
+        not take) writable only, so a peer that writes but does not read cannot spin the loop."""
+        cdef conn_t *c = &self.conns[ci]
+        cdef epoll_event ev
+        cdef uint32_t want = EPOLLOUT if write else EPOLLIN | EPOLLRDHUP
+        if want == c.events:
+            return
+        ev.events = want
+        ev.data.u64 = ci
+        if epoll_ctl(self.epfd, EPOLL_CTL_MOD, c.fd, &ev) != 0:
+            self._close(ci, C_ERROR)
+            return
+        c.events = want
+
+    cdef int _tls_cert_refused(self, conn_t *c) noexcept nogil:
+        """After a failed handshake: was it the client's certificate (missing while required,
+        or not verifying against tls_ca)?"""
+        cdef int r1 = ERR_GET_REASON(ERR_peek_error())
+        cdef int r2 = ERR_GET_REASON(ERR_peek_last_error())
+        if SSL_get_verify_result(c.ssl) != X509_V_OK:
+            return 1
+        return (r1 == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
+                or r2 == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
+                or r1 == SSL_R_CERTIFICATE_VERIFY_FAILED or r2 == SSL_R_CERTIFICATE_VERIFY_FAILED)
+
+    cdef void _tls_event(self, int ci) noexcept nogil:
+        """An epoll event of a TLS connection: the handshake's next step until it is done,
+        then the reads."""
+        cdef conn_t *c = &self.conns[ci]
+        cdef int r, err
+        if c.hs:
+            ERR_clear_error()
+            r = SSL_do_handshake(c.ssl)
+            if r != 1:
+                err = SSL_get_error(c.ssl, r)
+                if err == SSL_ERROR_WANT_READ:
+                    self._tls_want(ci, 0)
+                elif err == SSL_ERROR_WANT_WRITE:
+                    self._tls_want(ci, 1)
+                else:
+                    # Not TLS, a protocol error, a close in the middle, or a certificate.
+                    self._close(ci, C_TLS_VERIFY if self._tls_cert_refused(c) else
+                                C_TLS_HANDSHAKE)
+                return
+            c.hs = 0
+            c.msg_start = 0
+            c.reads = 0
+            c.last = self.now
+        self._tls_read(ci)
+
+    cdef void _tls_read(self, int ci) noexcept nogil:
+        """Decrypt what a TLS connection has and frame it (_frame). Reads until OpenSSL wants
+        more from the socket: bytes it already decrypted do not wake epoll again (fairness:
+        after READS_PER_EVENT reads, only what it holds is finished, at most a record)."""
+        cdef conn_t *c = &self.conns[ci]
+        cdef int r, err, k = 0
+        while True:
+            if c.len == c.cap and self._grow(c, c.cap + 1 if c.cap else CONN_BUF0) != 0:
+                self._close(ci, C_ERROR)
+                return
+            ERR_clear_error()
+            errno_clear()
+            r = SSL_read(c.ssl, c.buf + c.len, <int>min(c.cap - c.len, 1 << 30))
+            if r <= 0:
+                err = SSL_get_error(c.ssl, r)
+                if err == SSL_ERROR_WANT_READ:
+                    self._tls_want(ci, 0)
+                elif err == SSL_ERROR_WANT_WRITE:
+                    self._tls_want(ci, 1)       # a key update's answer waits for room
+                elif err == SSL_ERROR_ZERO_RETURN or (err == SSL_ERROR_SYSCALL and errno == 0
+                                                      and ERR_peek_error() == 0):
+                    self._close(ci, C_EOF)      # close_notify, or the peer just closed
+                else:
+                    self._close(ci, C_ERROR)    # reset, a bad record
+                return
+            if self._frame(ci, r):
+                return
+            k += 1
+            if k >= READS_PER_EVENT and not SSL_has_pending(c.ssl):
+                if c.events != (EPOLLIN | EPOLLRDHUP):
+                    self._tls_want(ci, 0)
                 return
 
     cdef void _sweep(self, int64_t now) noexcept nogil:
-        """Stalled messages (message_timeout) and idle connections (idle_timeout)."""
+        """Stalled messages (message_timeout) and idle connections (idle_timeout); TLS
+        handshakes not done within message_timeout."""
         cdef int i
         cdef conn_t *c
         cdef listener_t *lst
@@ -1018,7 +1240,10 @@ cdef class Worker:
             if c.fd < 0:
                 continue
             lst = &self.b.listeners[c.li]
-            if c.len and c.msg_start and now - c.msg_start > lst.message_timeout_ns:
+            if c.hs:
+                if now - c.msg_start > lst.message_timeout_ns:
+                    self._close(i, C_TLS_HANDSHAKE)
+            elif c.len and c.msg_start and now - c.msg_start > lst.message_timeout_ns:
                 self._close(i, C_STALLED)
             elif now - c.last > lst.idle_timeout_ns:
                 self._close(i, C_IDLE)
@@ -1056,7 +1281,10 @@ cdef class Worker:
                     else:
                         got += self._udp_batch(li)
                 elif self.conns[tag].fd >= 0:
-                    self._read(<int>tag)
+                    if self.conns[tag].ssl == NULL:
+                        self._read(<int>tag)
+                    else:
+                        self._tls_event(<int>tag)
                     got += 1
             total += got
             t = now_ns()

@@ -62,7 +62,9 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
     int EPOLL_CTL_ADD
     int EPOLL_CTL_DEL
+    int EPOLL_CTL_MOD
     uint32_t EPOLLIN
+    uint32_t EPOLLOUT
     uint32_t EPOLLRDHUP
     uint32_t EPOLLERR
     uint32_t EPOLLHUP

@@ -65,7 +65,7 @@ class Listener(_Base):
     transport: Literal["udp", "tcp", "tls"] = "udp"
     auth_key: str = ""
     allow: list[str] = []
-    # Stream listeners (tcp): framing by the HEPv3 length field. A message larger than
+    # Stream listeners (tcp, tls): framing by the HEPv3 length field. A message larger than
     # max_message, or one that does not complete within message_timeout seconds or max_reads
     # reads (a fragmented or stalled sender), closes its connection; so does idle_timeout
     # seconds without data. At most max_connections connections (over all workers).
@@ -74,6 +74,21 @@ class Listener(_Base):
     max_reads: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 64
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1000000)] = 10000
     idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    # tls: the server's certificate chain and key (PEM, both required); tls_ca: a CA file client
+    # certificates are verified against; tls_verify_client: "none", "optional" (a certificate,
+    # when sent, must verify) or "required" (default "required" with tls_ca, else "none");
+    # tls_min_version: the oldest TLS version accepted. A handshake must complete within
+    # message_timeout.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify_client: Literal["none", "optional", "required"] | None = None
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @property
+    def verify_client(self) -> str:
+        """tls_verify_client with its default applied."""
+        return self.tls_verify_client or ("required" if self.tls_ca else "none")
 
 
 class Destination(_Base):

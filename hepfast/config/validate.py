@@ -49,7 +49,7 @@ def _check_name(path: str, name: str, what: str) -> None:
 
 # Transports this version implements (the schema knows more): checked first, so an operator is
 # told before anything else.
-IMPLEMENTED_LISTENER_TRANSPORTS = ("udp", "tcp")
+IMPLEMENTED_LISTENER_TRANSPORTS = ("udp", "tcp", "tls")
 IMPLEMENTED_DESTINATION_TRANSPORTS = ("udp", "file", "postgres", "pcap", "parquet")
 IMPLEMENTED_DESTINATION_TRANSPORTS += ("tcp", "tls")      # hepfast.egress.stream
 
@@ -115,6 +115,70 @@ def _check_stream_keys(p: str, d) -> None:
         path = getattr(d, key)
         if path and not os.path.isfile(path):
             raise ConfigError(f"{p}.{key}", f"{path}: no such file")
+
+
+_LISTENER_TLS_KEYS = ("tls_cert", "tls_key", "tls_ca", "tls_verify_client", "tls_min_version")
+_STREAM_LISTENER_KEYS = ("max_message", "message_timeout", "max_reads", "max_connections",
+                         "idle_timeout")
+_LISTENER_DEFAULTS = _schema.Listener(name="_", listen="_")
+
+
+def _check_listener_tls(p: str, lst) -> None:
+    """tls keys on tls listeners only; a tls listener's certificate, key and CA load (with
+    Python's ssl, which is OpenSSL as in the worker), each failure naming its field."""
+    for key in _STREAM_LISTENER_KEYS + _LISTENER_TLS_KEYS:
+        if getattr(lst, key) == getattr(_LISTENER_DEFAULTS, key):
+            continue
+        if lst.transport == "udp" or (key in _LISTENER_TLS_KEYS and lst.transport != "tls"):
+            who = "tls" if key in _LISTENER_TLS_KEYS else "tcp and tls"
+            raise ConfigError(f"{p}.{key}", f"\"{key}\" is used by {who} listeners only, not "
+                                            f"{lst.transport}; remove it")
+    if lst.transport != "tls":
+        return
+    for key in ("tls_cert", "tls_key"):
+        if not getattr(lst, key):
+            raise ConfigError(f"{p}.{key}", f"a tls listener needs \"{key}\" (a PEM file: the "
+                                            f"server's certificate chain, its private key)")
+    for key in ("tls_cert", "tls_key", "tls_ca"):
+        path = getattr(lst, key)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{p}.{key}", f"{path}: no such file")
+    if lst.tls_verify_client in ("optional", "required") and not lst.tls_ca:
+        raise ConfigError(f"{p}.tls_verify_client", f"\"{lst.tls_verify_client}\" verifies "
+                                                    f"client certificates against tls_ca: set "
+                                                    f"tls_ca (a CA file)")
+    load_listener_tls(p, lst)
+
+
+def load_listener_tls(p: str, lst):
+    """An ssl.SSLContext of the server side from a tls listener's files (what `hepfast check`,
+    `run` and a reload load before the workers do); ConfigError naming the field that fails."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    def why(exc: Exception) -> str:
+        return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+
+    try:
+        # Certificates alone first: a failure of load_cert_chain then means the key.
+        ctx.load_verify_locations(cafile=lst.tls_cert)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{p}.tls_cert", f"{lst.tls_cert}: not a PEM certificate file "
+                                           f"({why(exc)})") from None
+    try:
+        ctx.load_cert_chain(lst.tls_cert, lst.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{p}.tls_key", f"{lst.tls_key}: not a PEM private key without a "
+                                          f"passphrase, or not the key of tls_cert "
+                                          f"({why(exc)})") from None
+    if lst.tls_ca:
+        try:
+            ctx.load_verify_locations(cafile=lst.tls_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{p}.tls_ca", f"{lst.tls_ca}: not a PEM CA file "
+                                             f"({why(exc)})") from None
+    return ctx
 
 
 def validate(cfg: Config, *, implemented: bool = False) -> None:
@@ -197,6 +261,7 @@ def validate(cfg: Config, *, implemented: bool = False) -> None:
         addrs[key] = i
         for j, c in enumerate(lst.allow):
             _check_allow(f"{p}.allow[{j}]", c)
+        _check_listener_tls(p, lst)
 
     rnames: dict[str, int] = {}
     for i, r in enumerate(cfg.rules):

@@ -376,7 +376,7 @@ class Supervisor:
         self.listener_socks = [[] for _ in range(self.nworkers)]
         sw = self.compiled.config.switch
         for li in self.compiled.listeners:
-            if li.transport == "tcp":
+            if li.transport in ("tcp", "tls"):
                 group = tcp.open_group(li, self.nworkers, exclusive=not self.allow_shared_port)
             else:
                 group = udp.open_group(li, self.nworkers, rcvbuf=sw.rcvbuf,

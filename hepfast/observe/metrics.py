@@ -212,13 +212,13 @@ class HepfastCollector(Collector):
         yield ovfl
 
         conn = GaugeMetricFamily("hepfast_connections",
-                                 "Stream (tcp) connections open now, per listener",
+                                 "Stream (tcp, tls) connections open now, per listener",
                                  labels=["listener"])
         acc = CounterMetricFamily("hepfast_connections_accepted",
                                   "Stream connections accepted, per listener", labels=["listener"])
         clo = CounterMetricFamily("hepfast_connections_closed",
-                                  "Stream connections closed, by reason (eof, error, invalid, "
-                                  "too_big, stalled, idle, limit, stop)",
+                                  "Stream connections closed, by reason ("
+                                  + ", ".join(CONN_CLOSE_NAMES) + ")",
                                   labels=["listener", "reason"])
         for li, idx in iter_listeners(sup):
             if getattr(li, "transport", "udp") == "udp":
@@ -294,7 +294,7 @@ class HepfastCollector(Collector):
         eg_up = GaugeMetricFamily("hepfast_egress_up",
                                   "1 while a ring-fed destination's egress process runs and its "
                                   "store accepts writes", labels=["destination"])
-        extra: dict[str, GaugeMetricFamily] = {}
+        extra: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for e in egress:
             ring_used.add_metric([e["destination"]], float(e["ring_used_bytes"]))
             ring_size.add_metric([e["destination"]], float(e["ring_size_bytes"]))
@@ -302,12 +302,9 @@ class HepfastCollector(Collector):
             for key, value in e.get("metrics", {}).items():
                 if key == "up":
                     continue
-                name = f"hepfast_egress_{key}"
-                fam = extra.get(name)
+                fam = extra.get(key)
                 if fam is None:
-                    fam = extra[name] = GaugeMetricFamily(
-                        name, f"Egress store metric {key} (see docs/metrics.md)",
-                        labels=["destination"])
+                    fam = extra[key] = _egress_family(key)
                 fam.add_metric([e["destination"]], float(value))
         yield ring_used
         yield ring_size
@@ -363,6 +360,36 @@ class HepfastCollector(Collector):
         for name, g in granted.items():
             rcv.add_metric([name], float(g.get("rcvbuf_granted", 0)))
         yield rcv
+
+
+# The disk spool of stream destinations (hepfast.egress.spool): hepfast_spool_*, its *_total
+# as counters (reset only when the egress process restarts, as any counter at a restart).
+SPOOL_HELP = {
+    "spool_bytes": "Bytes in the spool files (bounded by spool_max_bytes)",
+    "spool_records": "Packets in the spool files",
+    "spool_age_seconds": "Seconds since the oldest spool segment was written (0: empty)",
+    "spool_written_total": "Packets written to the spool",
+    "spool_replayed_total": "Spooled packets sent after all",
+    "spool_dropped_total": "Spooled packets lost: their segment was the oldest when the spool "
+                           "reached spool_max_bytes",
+    "spool_dropped_segments_total": "Spool segments deleted for spool_max_bytes",
+    "spool_torn_total": "Spool segments found with a torn or corrupt last record (cut there)",
+    "spool_errors_total": "Spool file errors (disk full, permissions)",
+}
+
+
+def _egress_family(key: str) -> GaugeMetricFamily | CounterMetricFamily:
+    """The family of an egress process's metric `key`: hepfast_spool_* for the spool (counters
+    for its totals), else the gauge hepfast_egress_KEY."""
+    if key.startswith("spool_"):
+        name = f"hepfast_{key}"
+        doc = SPOOL_HELP.get(key, f"Spool metric {key} (see docs/metrics.md)")
+        if key.endswith("_total"):
+            return CounterMetricFamily(name[:-len("_total")], doc, labels=["destination"])
+        return GaugeMetricFamily(name, doc, labels=["destination"])
+    return GaugeMetricFamily(f"hepfast_egress_{key}",
+                             f"Egress store metric {key} (see docs/metrics.md)",
+                             labels=["destination"])
 
 
 def build_registry(sup) -> CollectorRegistry:

@@ -5,6 +5,7 @@ into the plan, so that every worker and egress process counts into the same plac
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from hepfast import constants as K
@@ -58,6 +59,17 @@ class Slots:
         return {"rules": rule, "destinations": dest, "targets": tgt, "egress": egr}
 
 
+_VERIFY = {"none": 0, "optional": 1, "required": 2}
+
+
+def _listener_tls(lc) -> tuple:
+    """PlanListener's tls fields: absolute paths (workers may not share the cwd)."""
+    if lc.transport != "tls":
+        return ()
+    cert, key, ca = (os.path.abspath(p) if p else "" for p in (lc.tls_cert, lc.tls_key, lc.tls_ca))
+    return (cert, key, ca, _VERIFY[lc.verify_client], lc.tls_min_version)
+
+
 def emit(c: Compiled, slots: dict, *, generation: int, source: str,
          workers: int | None = None) -> tuple[dict, dict]:
     """(header fields, arrays) for hepfast.plan.format.write_plan."""
@@ -72,7 +84,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
         listeners.append(PlanListener(
             li.name, li.transport, li.host, li.port, li.family, bytes(li.auth_key),
             lc.max_message, lc.message_timeout, lc.max_reads,
-            max(1, -(-lc.max_connections // nw)), lc.idle_timeout))
+            max(1, -(-lc.max_connections // nw)), lc.idle_timeout,
+            *_listener_tls(lc)))
     dests = []
     ti = 0
     for di, d in enumerate(c.destinations):

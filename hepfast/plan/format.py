@@ -69,12 +69,19 @@ class PlanListener(msgspec.Struct, frozen=True):
     port: int
     family: int
     auth_key: bytes
-    # stream listeners (tcp): framing limits, per worker (max_connections already divided)
+    # stream listeners (tcp, tls): framing limits, per worker (max_connections already divided)
     max_message: int = 65535
     message_timeout: float = 5.0
     max_reads: int = 64
     max_connections: int = 10000
     idle_timeout: float = 300.0
+    # tls listeners: absolute paths (the worker builds its SSL_CTX from them at bind), client
+    # verification (0 none, 1 optional, 2 required), the oldest version ("1.2", "1.3")
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify: int = 0
+    tls_min_version: str = "1.2"
 
 
 class ArrayRef(msgspec.Struct, frozen=True, array_like=True):
@@ -142,7 +149,7 @@ class PlanError(ValueError):
 class ListenerView:
     __slots__ = ("name", "transport", "host", "port", "family", "auth_key", "allow", "allow_fam",
                  "stream", "max_message", "message_timeout", "max_reads", "max_connections",
-                 "idle_timeout")
+                 "idle_timeout", "tls_cert", "tls_key", "tls_ca", "tls_verify", "tls_min_version")
 
 
 class Plan:
@@ -185,6 +192,8 @@ class Plan:
             v.max_message, v.message_timeout, v.max_reads = (li.max_message, li.message_timeout,
                                                              li.max_reads)
             v.max_connections, v.idle_timeout = li.max_connections, li.idle_timeout
+            v.tls_cert, v.tls_key, v.tls_ca = li.tls_cert, li.tls_key, li.tls_ca
+            v.tls_verify, v.tls_min_version = li.tls_verify, li.tls_min_version
             v.allow = self._arrays[f"allow{i}"]
             v.allow_fam = self._arrays[f"allow_fam{i}"]
             self.listeners.append(v)
