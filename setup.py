@@ -43,6 +43,10 @@ if _SANITIZE:
 # --- end of sanitizer block -------------------------------------------------------------------
 
 
+# zlib: the compressed-payload chunk 0x0010 (ext/wire/inflate.pxd; zlib1g-dev to build).
+LIBRARIES = ["z"]
+
+
 def generate_constants() -> None:
     sys.path.insert(0, os.path.join(HERE, "scripts"))
     try:
@@ -61,7 +65,7 @@ def extensions() -> tuple:
         mods.append(Extension(f"hepfast.{layer}.{name}", [src],
                               include_dirs=include + [numpy.get_include()],
                               define_macros=macros, extra_compile_args=cflags,
-                              extra_link_args=ldflags))
+                              extra_link_args=ldflags, libraries=LIBRARIES))
     return mods, include
 
 

@@ -14,7 +14,8 @@ from hepfast.wire import chunks, pycodec
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["hepfast.wire._codec", "hepfast.plan._matcher", "hepfast.dataplane._worker",
-           "hepfast.tools._sender", "hepfast.tools._receiver", "hepfast.egress._store"]
+           "hepfast.tools._sender", "hepfast.tools._receiver", "hepfast.egress._store",
+           "hepfast.dataplane._guard"]
 
 
 def expected() -> dict:

@@ -23,7 +23,7 @@ Ownership and invariants:
   the store accepted in its own row); every other copy is counted as a drop of its destination,
   so copies = forwarded + dropped per destination.
 """
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset, memmove
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EMSGSIZE
@@ -35,6 +35,13 @@ from matcher cimport (
     rule_tables, rules_bind, rule_match, pkt_is_sip, rule_sample_keep, sample_key, cidr_match,
     RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE,
 )
+# guard: dedup, rate limits, compressed payloads (issue 14; hepfast.dataplane.guard)
+from matcher cimport call_key_hash
+from guard cimport (
+    hep_guard, hep_guard_attach, hep_dedup, hep_gcra, hep_guard_tat, hep_call, dedup_identity,
+    HEP_G_HIT, HEP_G_FULL,
+)
+from inflate cimport z_stream, hz_init, hz_end, hz_inflate, hz_deflate, HZ_TOO_BIG
 
 cimport cython
 
@@ -98,6 +105,7 @@ cdef struct dest_t:
     const uint8_t *auth_blob    # AUTH_SET: the encoded auth-key chunk
     Py_ssize_t auth_len
     uint32_t rr
+    int payload                 # P_KEEP, P_INFLATE, P_COMPRESS
 
 
 cdef struct listener_t:
@@ -114,6 +122,7 @@ cdef struct listener_t:
     const uint64_t *allow      # [n][4]: net_hi, net_lo, mask_hi, mask_lo over v4-mapped v6
     const uint8_t *allow_fam   # [n]: 4 or 6, a row only matches senders of its family
     Py_ssize_t nallow
+    uint32_t dedup_ms           # dedup before the rules (0: off)
 
 
 cdef struct bound_t:
@@ -128,6 +137,12 @@ cdef struct bound_t:
     int ntargets
     listener_t listeners[MAX_LISTENERS]
     uint32_t max_chunks
+    # guards
+    const uint32_t *dedup_ms    # [nrules] dedup window (0: off)
+    const uint64_t *rate        # [nrules][4]: packet T, tau, call T, tau (ns; 0: off)
+    int needs_inflate           # inflate compressed payloads before routing
+    uint64_t dedup_expire_ms
+    uint64_t call_idle_ms
 
 
 cdef struct conn_t:
@@ -150,6 +165,7 @@ cdef enum:
     LISTENER_TAG = 1 << 20      # epoll data: LISTENER_TAG + listener index, else a conn slot
     EPOLL_EVENTS = 256
     READS_PER_EVENT = 4         # fairness: a busy connection yields after this many reads
+    ZOUT_BYTES = 65536 + 1024   # deflate output: deflateBound(65535) and a chunk header
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -240,6 +256,16 @@ cdef class Worker:
     cdef conn_t *conns
     cdef int conn_hi            # slots [0, conn_hi) may be in use
     cdef int64_t next_sweep
+    # guards: the run's shared tables (set_guard), zlib streams and their buffers
+    cdef hep_guard guard
+    cdef int has_guard
+    cdef object _guard_buf
+    cdef z_stream zinf
+    cdef z_stream zdef
+    cdef int z_ok
+    cdef uint8_t *zbuf          # [6 + INFLATE_MAX]: an inflated payload as a 0x000f chunk
+    cdef uint8_t *zpkt          # [SLOT_BYTES]: the packet with that chunk (what rules read)
+    cdef uint8_t *zout          # [ZOUT_BYTES]: a compressed payload as a 0x0010 chunk
 
     def __cinit__(self, listener_fds, int batch):
         cdef int i
@@ -277,6 +303,12 @@ cdef class Worker:
         self.bound = 0
         self.epfd = -1
         self._setup_streams()
+        self.zbuf = <uint8_t *>malloc(6 + INFLATE_MAX)
+        self.zpkt = <uint8_t *>malloc(SLOT_BYTES)
+        self.zout = <uint8_t *>malloc(ZOUT_BYTES)
+        if not (self.zbuf and self.zpkt and self.zout) or hz_init(&self.zinf, &self.zdef) != 0:
+            raise MemoryError("cannot set up zlib")
+        self.z_ok = 1
 
     cdef int _setup_streams(self) except -1:
         cdef int i, typ = 0
@@ -313,6 +345,11 @@ cdef class Worker:
         if self.epfd >= 0:
             close(self.epfd)
         _free_bound(&self.b)
+        if self.z_ok:
+            hz_end(&self.zinf, &self.zdef)
+        free(self.zbuf)
+        free(self.zpkt)
+        free(self.zout)
         free(self.arena)
         free(self.rmsgs)
         free(self.riov)
@@ -326,6 +363,16 @@ cdef class Worker:
             raise ValueError(f"counter row must have {STRIDE} words")
         self._row = row
         self.ctr = &mv[0]
+
+    def set_guard(self, buf):
+        """The run's guard tables (a writable shared mapping of the run directory's `guard`
+        file: hepfast.dataplane.guard), for the worker's life; plans with dedup or rate limits
+        need it."""
+        cdef uint8_t[::1] mv = buf
+        if mv.shape[0] == 0 or hep_guard_attach(&self.guard, &mv[0], mv.shape[0]) != 0:
+            raise ValueError("not a formatted guard table")
+        self._guard_buf = buf
+        self.has_guard = 1
 
     def bind(self, plan, target_fds, rings):
         """Swap in a plan (hepfast.plan.format.Plan, or an object with the same attributes).
@@ -360,6 +407,7 @@ cdef class Worker:
             nb.rule_slot = &rs[0] if nb.nrules else NULL
             nb.default_dest = nb.rt.default_dest
             nb.max_chunks = int(plan.max_chunks)
+            self._bind_guards(&nb, plan, refs)
             dests = list(plan.destinations)
             nb.ndests = len(dests)
             if not -1 <= nb.default_dest < nb.ndests:
@@ -395,6 +443,9 @@ cdef class Worker:
                     nb.dests[i].auth_len = len(auth_chunk)
                 elif d.strip_auth_key:
                     nb.dests[i].auth_mode = AUTH_STRIP
+                nb.dests[i].payload = int(getattr(d, "payload", P_KEEP))
+                if not P_KEEP <= nb.dests[i].payload <= P_COMPRESS:
+                    raise ValueError(f"destination {d.name}: unknown payload mode")
                 for j, tg in enumerate(d.targets):
                     if not 0 <= tg.slot < MAX_TARGET_SLOTS:
                         raise ValueError(f"target slot {tg.slot} out of range")
@@ -466,6 +517,10 @@ cdef class Worker:
                 nb.listeners[i].nallow = allow.shape[0]
                 nb.listeners[i].allow = &allow[0, 0] if allow.shape[0] else NULL
                 nb.listeners[i].allow_fam = &allow_fam[0] if allow.shape[0] else NULL
+                nb.listeners[i].dedup_ms = int(getattr(lt, "dedup_ms", 0))
+                if nb.listeners[i].dedup_ms and not self.has_guard:
+                    raise ValueError(f"listener {lt.name}: dedup needs the guard table "
+                                     "(set_guard)")
         except BaseException:
             _free_bound(&nb)
             raise
@@ -475,6 +530,36 @@ cdef class Worker:
         self.b = nb
         self._refs = refs
         self.bound = 1
+
+    cdef int _bind_guards(self, bound_t *nb, object plan, list refs) except -1:
+        """The rules' guard arrays and the plan's guard settings into nb (cold, in bind)."""
+        import numpy as np
+        cdef const uint32_t[::1] dm
+        cdef const uint64_t[:, ::1] rt
+        cdef Py_ssize_t i
+        nb.needs_inflate = 1 if getattr(plan, "needs_inflate", False) else 0
+        nb.dedup_expire_ms = int(getattr(plan, "dedup_expire_ms", 0))
+        nb.call_idle_ms = int(getattr(plan, "call_idle_ms", 300000))
+        if nb.nrules == 0:
+            return 0
+        dms = np.ascontiguousarray(getattr(plan, "dedup_ms", np.zeros(nb.nrules, np.uint32)),
+                                   dtype=np.uint32)
+        rate = np.ascontiguousarray(getattr(plan, "rate", np.zeros((nb.nrules, 4), np.uint64)),
+                                    dtype=np.uint64)
+        refs.extend((dms, rate))
+        if dms.shape != (nb.nrules,) or rate.shape != (nb.nrules, 4):
+            raise ValueError("guard arrays disagree with the number of rules")
+        dm = dms
+        rt = rate
+        for i in range(nb.nrules):
+            if (dm[i] or rt[i, 0] or rt[i, 2]) and not self.has_guard:
+                raise ValueError("the plan dedups or rate-limits, but the guard table is not "
+                                 "mapped (set_guard)")
+            if (dm[i] or rt[i, 0] or rt[i, 2]) and not (nb.rt.flags[i] & RF_HAS_GUARD):
+                raise ValueError(f"rule {i} has guards but not the has_guard flag")
+        nb.dedup_ms = &dm[0]
+        nb.rate = &rt[0, 0]
+        return 0
 
     def ring_used(self):
         """Bytes in flight per ring target of the bound plan ({target slot: bytes})."""
@@ -613,7 +698,7 @@ cdef class Worker:
         dst = self.scratch + self.scratch_pos
         cap = self.scratch_cap - self.scratch_pos
         if not rewrite and not d.auth_mode and (version == p.version or version == 3 and
-                                                p.version == 3):
+                                                p.version == 3) and buf != self.zpkt:
             out[0] = buf
             return p.total
         if version == 2 and not rewrite:
@@ -660,24 +745,34 @@ cdef class Worker:
         self.scratch_pos += n
         return n
 
-    cdef void _forward(self, const uint8_t *buf, hep_pkt *p, Py_ssize_t r, int di,
-                       uint64_t *key, int *have_key, int64_t now,
+    cdef void _forward(self, const uint8_t *buf, hep_pkt *p, const uint8_t *mbuf, hep_pkt *mp,
+                       Py_ssize_t r, int di, uint64_t *key, int *have_key, int64_t now,
                        const uint8_t **built, Py_ssize_t *built_len) noexcept nogil:
-        """Queue the packet for destination di as rule r wants it. built[v-2]: per-version cache
-        of the packet already built for this rule (destinations with their own auth key build
-        their own copy)."""
+        """Queue the packet for destination di as rule r wants it. buf/p: the packet as
+        received; mbuf/mp: what the rules read (the same, or its inflated form: a "payload =
+        inflate" destination gets that one). built[(v-2) + 2 * inflated]: cache of the packet
+        already built for this rule (destinations with their own auth key, or that compress,
+        build their own copy)."""
         cdef dest_t *d = &self.b.dests[di]
         cdef int i, vi = 0 if d.version == 2 else 1
         cdef const uint8_t *data
         cdef Py_ssize_t n
         cdef Py_ssize_t before = self.scratch_pos
-        if d.auth_mode:
+        if d.payload == P_INFLATE and mbuf != buf:
+            buf = mbuf
+            p = mp
+            vi += 2
+        if d.auth_mode or d.payload == P_COMPRESS:
             n = self._build(buf, p, r, d, &data)
+            if n > 0 and d.payload == P_COMPRESS:
+                n = self._compress(data, n, &data)
         else:
             if built_len[vi] == 0:
                 built_len[vi] = self._build(buf, p, r, d, &built[vi])
                 if self.scratch_pos < before:
-                    built_len[1 - vi] = 0    # the scratch arena was flushed and reused
+                    for i in range(4):       # the scratch arena was flushed and reused
+                        if i != vi:
+                            built_len[i] = 0
             n = built_len[vi]
             data = built[vi]
         if n < 0:
@@ -688,7 +783,7 @@ cdef class Worker:
             return
         if d.mode == M_HASH and d.tcount > 1 and not have_key[0]:
             # Only a choice between targets needs the call key (it may scan the SIP headers).
-            key[0] = sample_key(p, buf)
+            key[0] = sample_key(mp, mbuf)
             have_key[0] = 1
         if d.egress == E_RING:
             self._queue_ring(d, data, n, key[0])
@@ -766,11 +861,15 @@ cdef class Worker:
         cdef uint64_t key = 0
         cdef int have_key
         cdef int64_t now = self.now
-        cdef const uint8_t *built[2]
-        cdef Py_ssize_t built_len[2]
+        cdef const uint8_t *built[4]
+        cdef Py_ssize_t built_len[4]
         cdef uint32_t flags
         cdef sip_info si
         cdef const sip_info *sip
+        cdef hep_pkt zp
+        cdef const uint8_t *mbuf = buf     # what the rules read: buf, or its inflated form
+        cdef hep_pkt *mp = &p
+        cdef int g
         # Who may send is decided before what they sent: a refused source is "acl" whatever
         # its packet holds (stream connections are checked once, at accept).
         if check_acl and lst.nallow and not self._allowed(lst, sa):
@@ -779,30 +878,52 @@ cdef class Worker:
         rc = hep_parse_lim(buf, n, &p, self.b.max_chunks)
         if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, &p):
             rc = R_AUTH
+        if rc == R_OK and self.b.needs_inflate and (p.present >> CH_ZPAYLOAD) & 1 \
+                and not (p.present >> CH_PAYLOAD) & 1:
+            # Only a compressed payload, and the plan reads payloads: rules, dedup and the call
+            # key read its inflated form (built in zpkt), destinations get what they asked for.
+            rc = self._inflate(buf, &p, &zp)
+            mbuf = self.zpkt
+            mp = &zp
         if rc != R_OK:
             self.ctr[OFF_INVALID + li * N_INVALID + rc] += 1
             return
         self.ctr[OFF_RECEIVED + li * 256 + p.proto_type] += 1
+        if lst.dedup_ms:
+            g = hep_dedup(&self.guard, dedup_identity(mp, mbuf, 0), <uint64_t>now // 1000000,
+                          lst.dedup_ms, self.b.dedup_expire_ms)
+            if g == HEP_G_HIT:
+                self._drop(D_DUPLICATE, 1)
+                return
+            if g == HEP_G_FULL:
+                self.ctr[OFF_GUARD + G_DEDUP_FULL] += 1
         have_key = 0
         forwarded = 0
         sip = NULL
-        if self.b.rt.needs_sip and pkt_is_sip(&p):
-            if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
+        if self.b.rt.needs_sip and pkt_is_sip(mp):
+            if sip_scan(mbuf + mp.payload_off, mp.payload_len, &si) == 0:
                 sip = &si
         r = 0
         while r < self.b.nrules:
-            if not rule_match(&self.b.rt, r, &p, buf, li, sip):
+            if not rule_match(&self.b.rt, r, mp, mbuf, li, sip):
                 r += 1
                 continue
             flags = self.b.rt.flags[r]
             self.ctr[OFF_RULE + self.b.rule_slot[r]] += 1
             if flags & RF_HAS_SAMPLE:
                 if not have_key:
-                    key = sample_key(&p, buf)
+                    key = sample_key(mp, mbuf)
                     have_key = 1
                 if not rule_sample_keep(&self.b.rt, r, True, key):
                     if not forwarded:
                         self._drop(D_SAMPLE, 1)
+                        forwarded = -1
+                    break
+            if flags & RF_HAS_GUARD:
+                g = self._guard_rule(r, mp, mbuf, now)
+                if g >= 0:
+                    if not forwarded:
+                        self._drop(g, 1)
                         forwarded = -1
                     break
             if flags & RF_DROP:
@@ -810,11 +931,10 @@ cdef class Worker:
                     self._drop(D_RULE, 1)
                     forwarded = -1
                 break
-            built_len[0] = 0
-            built_len[1] = 0
+            memset(built_len, 0, 4 * sizeof(Py_ssize_t))
             for j in range(self.b.rt.fwd_start[r],
                            self.b.rt.fwd_start[r] + self.b.rt.fwd_count[r]):
-                self._forward(buf, &p, r, self.b.rt.fwd[j], &key, &have_key, now,
+                self._forward(buf, &p, mbuf, mp, r, self.b.rt.fwd[j], &key, &have_key, now,
                               built, built_len)
             forwarded = 1
             if not (flags & RF_CONTINUE):
@@ -822,15 +942,96 @@ cdef class Worker:
             r += 1
         if forwarded == 0:
             if self.b.default_dest >= 0:
-                built_len[0] = 0
-                built_len[1] = 0
-                self._forward(buf, &p, -1, self.b.default_dest, &key, &have_key, now,
+                memset(built_len, 0, 4 * sizeof(Py_ssize_t))
+                self._forward(buf, &p, mbuf, mp, -1, self.b.default_dest, &key, &have_key, now,
                               built, built_len)
                 forwarded = 1
             else:
                 self._drop(D_NO_ROUTE, 1)
         if forwarded == 1:
             self.ctr[H_ROUTED] += 1
+
+    # ------------------------------------------------------------------ guards
+
+    cdef int _inflate(self, const uint8_t *buf, hep_pkt *p, hep_pkt *zp) noexcept nogil:
+        """The packet with its compressed payload (0x0010) replaced by the inflated one
+        (0x000f, in its place) into zpkt, parsed into zp: R_OK, or R_COMPRESSED_TOO_BIG (more
+        than INFLATE_MAX bytes, or a packet over 65535 with them), R_COMPRESSED_CORRUPT."""
+        cdef Py_ssize_t n
+        cdef uint32_t skip = CH_ZPAYLOAD
+        n = hz_inflate(&self.zinf, buf + p.payload_off, p.payload_len, self.zbuf + 6,
+                       INFLATE_MAX)
+        if n < 0:
+            return R_COMPRESSED_TOO_BIG if n == HZ_TOO_BIG else R_COMPRESSED_CORRUPT
+        if n + 6 > 65535:
+            return R_COMPRESSED_TOO_BIG
+        hep_wr16(self.zbuf, 0)
+        hep_wr16(self.zbuf + 2, CH_PAYLOAD)
+        hep_wr16(self.zbuf + 4, <uint16_t>(n + 6))
+        n = hep_build_v3(buf, p, self.zbuf, n + 6, &skip, 1, self.zpkt, SLOT_BYTES)
+        if n < 0:
+            return R_COMPRESSED_TOO_BIG
+        if hep_parse_lim(self.zpkt, n, zp, HEP_UNCAPPED) != R_OK:
+            return R_COMPRESSED_CORRUPT
+        self.ctr[OFF_GUARD + G_INFLATED] += 1
+        return R_OK
+
+    cdef Py_ssize_t _compress(self, const uint8_t *data, Py_ssize_t n,
+                              const uint8_t **out) noexcept nogil:
+        """A built v3 packet with its payload chunk (0x000f) compressed into 0x0010 (zlib), in
+        scratch: the new length with out set, or n with out unchanged when there is no plain
+        payload or compressing would not make it smaller. Called right after _build, which left
+        room for it (3 slots)."""
+        cdef hep_pkt p2
+        cdef Py_ssize_t z, m
+        cdef uint32_t skip = CH_PAYLOAD
+        if hep_parse_lim(data, n, &p2, HEP_UNCAPPED) != R_OK or p2.version != 3 \
+                or not (p2.present >> CH_PAYLOAD) & 1 or p2.payload_len == 0:
+            return n
+        z = hz_deflate(&self.zdef, data + p2.payload_off, p2.payload_len, self.zout + 6,
+                       ZOUT_BYTES - 6)
+        if z < 0 or z >= p2.payload_len:
+            return n
+        hep_wr16(self.zout, 0)
+        hep_wr16(self.zout + 2, CH_ZPAYLOAD)
+        hep_wr16(self.zout + 4, <uint16_t>(z + 6))
+        m = hep_build_v3(data, &p2, self.zout, z + 6, &skip, 1, self.scratch + self.scratch_pos,
+                         self.scratch_cap - self.scratch_pos)
+        if m < 0:
+            return n
+        out[0] = self.scratch + self.scratch_pos
+        self.scratch_pos += m
+        self.ctr[OFF_GUARD + G_COMPRESSED] += 1
+        return m
+
+    cdef int _guard_rule(self, Py_ssize_t r, hep_pkt *p, const uint8_t *buf,
+                         int64_t now) noexcept nogil:
+        """Rule r's guards for a packet it took: -1 (pass), or the drop reason (duplicate,
+        call_rate_limit, rate_limit). A table with no room lets the packet pass, counted."""
+        cdef int slot = self.b.rule_slot[r]
+        cdef const uint64_t *rt = self.b.rate + 4 * r
+        cdef uint32_t w = self.b.dedup_ms[r]
+        cdef uint64_t h = 0
+        cdef int g
+        if w:
+            g = hep_dedup(&self.guard, dedup_identity(p, buf, 1 + <uint64_t>slot),
+                          <uint64_t>now // 1000000, w, self.b.dedup_expire_ms)
+            if g == HEP_G_HIT:
+                return D_DUPLICATE
+            if g == HEP_G_FULL:
+                self.ctr[OFF_GUARD + G_DEDUP_FULL] += 1
+        if rt[2] and call_key_hash(p, buf, &h):
+            # Calls without a key (no Call-ID, no correlation id) are not counted as calls.
+            g = hep_call(&self.guard, slot, hep_mix64(h ^ (0x9E3779B97F4A7C15ULL * (1 + slot))),
+                         <uint64_t>now, rt[2], rt[3], self.b.call_idle_ms)
+            if g == HEP_G_HIT:
+                return D_CALL_RATE_LIMIT
+            if g == HEP_G_FULL:
+                self.ctr[OFF_GUARD + G_CALLS_FULL] += 1
+        if rt[0] and not hep_gcra(hep_guard_tat(&self.guard, slot), <uint64_t>now, rt[0],
+                                  rt[1]):
+            return D_RATE_LIMIT
+        return -1
 
     # ------------------------------------------------------------------ stream listeners
 

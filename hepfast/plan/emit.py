@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 
 from hepfast import constants as K
 from hepfast.plan.compile import Compiled
-from hepfast.plan.format import RULE_ARRAYS, PlanDestination, PlanListener, PlanTarget
+from hepfast.plan.format import (
+    GUARD_ARRAYS,
+    RULE_ARRAYS,
+    PlanDestination,
+    PlanListener,
+    PlanTarget,
+)
 
 
 class SlotMap:
@@ -63,6 +69,9 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
     """(header fields, arrays) for hepfast.plan.format.write_plan."""
     cfg = c.config
     arrays = {name: getattr(c, name) for name in RULE_ARRAYS}
+    # Guards: rate state lives in the run's guard file by rule slot, so a rule a reload keeps
+    # (same name, same slot) keeps its rate limit's and its calls' state.
+    arrays.update({name: getattr(c, name) for name in GUARD_ARRAYS})
     listeners = []
     for i, li in enumerate(c.listeners):
         arrays[f"allow{i}"] = li.allow
@@ -72,7 +81,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
         listeners.append(PlanListener(
             li.name, li.transport, li.host, li.port, li.family, bytes(li.auth_key),
             lc.max_message, lc.message_timeout, lc.max_reads,
-            max(1, -(-lc.max_connections // nw)), lc.idle_timeout))
+            max(1, -(-lc.max_connections // nw)), lc.idle_timeout,
+            lc.dedup_window_ms if lc.dedup else 0))
     dests = []
     ti = 0
     for di, d in enumerate(c.destinations):
@@ -86,7 +96,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
             egress=K.EGRESS[d.egress], slot=slots["destinations"][di],
             egress_slot=slots["egress"].get(d.name, -1), ring_bytes=d.ring_bytes,
             auth_key=bytes(d.auth_key), strip_auth_key=d.strip_auth_key,
-            settings=dict(d.settings), targets=targets))
+            settings=dict(d.settings), targets=targets,
+            payload=K.PAYLOAD[cfg.destinations[d.name].payload]))
     header = dict(
         generation=generation, digest=c.digest, source=source, batch=c.batch,
         workers=c.workers, max_chunks=cfg.switch.max_chunks, rcvbuf=cfg.switch.rcvbuf,
@@ -94,7 +105,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
         drain_timeout=cfg.switch.drain_timeout, default_dest=c.default_dest,
         needs_sip=c.needs_sip, needs_call_key=c.needs_call_key, nrules=c.nrules,
         rule_names=list(c.rule_names), rule_slots=list(slots["rules"]), listeners=listeners,
-        destinations=dests)
+        destinations=dests, needs_inflate=c.needs_inflate, dedup_expire_ms=c.dedup_expire_ms,
+        call_idle_ms=int(cfg.switch.call_idle_timeout * 1000))
     return header, arrays
 
 

@@ -30,6 +30,8 @@ _ALIGN = 64
 RULE_ARRAYS = ("key_mask", "key_start", "key_count", "ranges", "cidrs", "cidr_fam", "flags",
                "fwd_start", "fwd_count", "fwd", "set_blob", "set_off", "set_len", "skip",
                "skip_start", "skip_count", "sample")
+# The rules' guards (dedup window, rate limits: hepfast.plan.tables), bound by the worker.
+GUARD_ARRAYS = ("dedup_ms", "rate")
 
 
 class PlanTarget(msgspec.Struct, frozen=True):
@@ -54,6 +56,7 @@ class PlanDestination(msgspec.Struct, frozen=True):
     strip_auth_key: bool
     settings: dict[str, Any]
     targets: list[PlanTarget]
+    payload: int = 0        # constants.PAYLOAD: keep, inflate, compress
 
 
 class PlanListener(msgspec.Struct, frozen=True):
@@ -69,6 +72,7 @@ class PlanListener(msgspec.Struct, frozen=True):
     max_reads: int = 64
     max_connections: int = 10000
     idle_timeout: float = 300.0
+    dedup_ms: int = 0       # dedup window before the rules (0: off)
 
 
 class ArrayRef(msgspec.Struct, frozen=True, array_like=True):
@@ -97,6 +101,10 @@ class PlanHeader(msgspec.Struct, frozen=True):
     listeners: list[PlanListener]
     destinations: list[PlanDestination]
     arrays: dict[str, ArrayRef]
+    # guards (hepfast.dataplane.guard)
+    needs_inflate: bool = False
+    dedup_expire_ms: int = 0
+    call_idle_ms: int = 300000
 
 
 def write_plan(path: str, header: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -135,7 +143,7 @@ class PlanError(ValueError):
 class ListenerView:
     __slots__ = ("name", "transport", "host", "port", "family", "auth_key", "allow", "allow_fam",
                  "stream", "max_message", "message_timeout", "max_reads", "max_connections",
-                 "idle_timeout")
+                 "idle_timeout", "dedup_ms")
 
 
 class Plan:
@@ -178,6 +186,7 @@ class Plan:
             v.max_message, v.message_timeout, v.max_reads = (li.max_message, li.message_timeout,
                                                              li.max_reads)
             v.max_connections, v.idle_timeout = li.max_connections, li.idle_timeout
+            v.dedup_ms = li.dedup_ms
             v.allow = self._arrays[f"allow{i}"]
             v.allow_fam = self._arrays[f"allow_fam{i}"]
             self.listeners.append(v)

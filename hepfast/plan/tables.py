@@ -28,6 +28,10 @@ Tables (R rules, K = NKEYS match keys; every array C-contiguous, read-only):
 - `skip` uint32 with `skip_start`, `skip_count` int32[R]: chunk keys (vendor << 16 | type) to
   leave out when rewriting: the deleted keys plus the keys of the set chunks (set replaces), sorted.
 - `sample` uint64[R]: with HAS_SAMPLE, a packet is kept when mix64(sample key) < sample[r].
+- Guards (HAS_GUARD; hepfast.dataplane.guard, ext/dataplane/hepguard.h): `dedup_ms` uint32[R],
+  the rule's dedup window (0: off); `rate` uint64[R, 4]: the packet rate's GCRA emission
+  interval and tolerance (ns; 0: no limit), then the call rate's. Listeners carry their own
+  dedup window (PlanListener.dedup_ms).
 
 Which value a key reads: listener = index of the receiving listener; hep_version = 1/2/3;
 ip_family = 4/6 (unknown: no match); src_ip/dst_ip = the address chunk of the packet's family;
@@ -41,6 +45,10 @@ rule stops evaluation (packet dropped, reason "rule"). A HAS_SAMPLE rule that sa
 out takes it and stops (reason "sample"). Otherwise the packet goes to the rule's forwards, with
 the rule's own set/delete applied to the copies it sends, and evaluation stops unless CONTINUE.
 A packet no rule takes goes to `default_dest` (-1: dropped, reason "no_route").
+A HAS_GUARD rule that takes a packet (after its sample) drops it as "duplicate" (a copy seen
+within its window), "call_rate_limit" (a new call over rate_limit_calls, or a later packet of a
+call refused so) or "rate_limit" (over rate_limit), in that order, and stops, as a sampling rule
+does; a listener's dedup comes before every rule.
 
 Sampling keys on `sample_key_hash` (C: sample_key): the hash of HepPacket.call_key() (C:
 call_key_hash), the SIP Call-ID for SIP packets, else the correlation-id chunk; a packet without
@@ -93,6 +101,7 @@ CONTINUE = RULE_FLAGS["continue"]
 HAS_REWRITE = RULE_FLAGS["has_rewrite"]
 NEEDS_SIP = RULE_FLAGS["needs_sip"]
 HAS_SAMPLE = RULE_FLAGS["has_sample"]
+HAS_GUARD = RULE_FLAGS["has_guard"]
 
 _MASK64 = (1 << 64) - 1
 _V4_MAPPED_HI = 0
