@@ -12,7 +12,8 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from hepwire cimport hep_pkt, hep_parse_lim, HEP_UNCAPPED
 from guard cimport *
-from constants cimport R_OK, MAX_RULE_SLOTS
+from inflate cimport z_stream, hz_init, hz_end, hz_inflate, HZ_TOO_BIG
+from constants cimport R_OK, MAX_RULE_SLOTS, INFLATE_MAX
 from constants cimport constants
 
 CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
@@ -48,6 +49,26 @@ def identity(const uint8_t[::1] packet, uint64_t salt=0):
                                              HEP_UNCAPPED) != R_OK:
         raise ValueError("not a HEP message")
     return dedup_identity(&p, &packet[0], salt)
+
+
+def inflate(const uint8_t[::1] data, Py_ssize_t cap=INFLATE_MAX):
+    """What the worker's inflater makes of a compressed payload: ("ok", bytes), ("too_big",)
+    or ("corrupt",) (twin: hepfast.dataplane.guard.inflate_payload)."""
+    cdef z_stream zi, zd
+    cdef Py_ssize_t n
+    if cap < 1:
+        raise ValueError("cap must be positive")
+    out = bytearray(cap)
+    cdef uint8_t[::1] o = out
+    if hz_init(&zi, &zd) != 0:
+        raise MemoryError()
+    try:
+        n = hz_inflate(&zi, &data[0] if data.shape[0] else NULL, data.shape[0], &o[0], cap)
+    finally:
+        hz_end(&zi, &zd)
+    if n >= 0:
+        return ("ok", bytes(out[:n]))
+    return ("too_big",) if n == HZ_TOO_BIG else ("corrupt",)
 
 
 cdef class Guard:

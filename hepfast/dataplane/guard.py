@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from hepfast.constants import MAX_RULE_SLOTS
+from hepfast.constants import INFLATE_MAX, MAX_RULE_SLOTS
 from hepfast.wire.hashing import MASK, mix64
 
 MAGIC = 0x3152415547504548          # "HEPGUAR1"
@@ -130,3 +130,19 @@ def dedup_identity(pkt, salt: int = 0) -> int:
     ports = ((pkt.src_port or 0) << 24) | ((pkt.dst_port or 0) << 8) | (pkt.proto_type or 0)
     seed = mix64(addr(pkt.src_addr) ^ mix64(addr(pkt.dst_addr) ^ mix64(ports)) ^ salt)
     return xxh64(bytes(pkt.payload or b""), seed)
+
+
+def inflate_payload(data: bytes, cap: int = INFLATE_MAX) -> tuple:
+    """What the worker makes of a compressed payload (ext/wire/inflate.pxd hz_inflate): ("ok",
+    bytes) for a whole zlib or gzip stream of at most `cap` bytes, ("too_big",) for one that
+    holds more, ("corrupt",) for anything else."""
+    import zlib
+
+    d = zlib.decompressobj(15 + 32)
+    try:
+        out = d.decompress(bytes(data), cap)
+    except zlib.error:
+        return ("corrupt",)
+    if d.eof:
+        return ("ok", out)
+    return ("too_big",) if len(out) == cap else ("corrupt",)
