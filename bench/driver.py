@@ -21,7 +21,7 @@ workers are all counted). Subjects:
 With hepfast-dedup among the subjects (and no --corpus), every subject is offered a generated
 corpus of --unique distinct messages (the kamailio corpus with each copy's captured source
 address changed), so that the loop replay makes never repeats a message within the dedup window
-at the highest step (120,000 messages: 0.6 s at 200,000 pps, the window is 500 ms) and dedup
+at the highest step (200,000 messages: 1 s at 200,000 pps, the window is 500 ms) and dedup
 drops nothing: the subjects forward the same packets and only the cost of looking is measured.
 Prints a table and a JSON line (also written under bench/results/) with the ratios of CPU ns per
 packet against c_forward at the same offered rate, and each subject's max lossless rate.
@@ -294,7 +294,7 @@ def main() -> int:
     ap.add_argument("--subjects", default="c_forward,hepfast-1,hepfast-10,hepfast-2p,hepfast-file,"
                                           "hepfast-pcap,hepfast-parquet")
     ap.add_argument("--lossless", type=float, default=0.001, help="loss counted as lossless")
-    ap.add_argument("--unique", type=int, default=120_000,
+    ap.add_argument("--unique", type=int, default=200_000,
                     help="with hepfast-dedup: distinct messages in the generated corpus")
     args = ap.parse_args()
     corpus_given = any(a == "--corpus" or a.startswith("--corpus=") for a in sys.argv[1:])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
+import signal
 import socket
 import sys
 import time
@@ -252,3 +254,48 @@ def test_rate_limit_calls_drops_refused_calls_whole(tmp_path, sink):
     assert summary["dropped"] == {"call_rate_limit": sum(len(calls[c]) for c in refused)}
     assert summary["guard"]["call_table_full"] == 0
     check_accounting(summary)
+
+
+def test_rate_state_survives_a_reload_that_keeps_the_rule(tmp_path, sink):
+    """The TAT is kept by rule name (its counter slot) in the run's guard file: a reload that
+    leaves the rule in place does not hand out a fresh burst."""
+    msgs = corpus_messages("kamailio", limit=40)
+    sw = SwitchProcess(tmp_path, f"""
+        [switch]
+        workers = 2
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        [destinations.out]
+        targets = ["127.0.0.1:{sink.port}"]
+        [[rules]]
+        name = "limited"
+        rate_limit = 0.2
+        burst = 5
+        forward = ["out"]
+        """, workers=2, extra=["--no-admin"])
+    try:
+        t0 = time.monotonic()
+        sw.send(msgs[:20])
+        assert sink.wait_for(5, timeout=20)
+        text = sw.cfg.read_text().replace('[[rules]]', '[[rules]]\nname = "other"\n'
+                                          'match.capture_id = 9999\nforward = ["out"]\n\n'
+                                          '[[rules]]', 1)
+        sw.cfg.write_text(text)
+        os.kill(sw.proc.pid, signal.SIGHUP)
+        end = time.monotonic() + 20
+        while "generation 2" not in sw.stderr() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert "generation 2" in sw.stderr(), sw.stderr()
+        sw.send(msgs[20:40])
+        time.sleep(0.5)
+        elapsed = time.monotonic() - t0
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    # one packet per 5 s after the burst: a kept state passes at most elapsed / 5 more, a reset
+    # one would pass a second burst of 5
+    assert elapsed < 20, elapsed
+    assert 5 <= summary["forwarded_total"] <= 5 + elapsed / 5 + 1, (summary, elapsed)
+    assert summary["dropped"]["rate_limit"] == 40 - summary["forwarded_total"]
+    assert summary["generation"] == 2
