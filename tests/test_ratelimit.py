@@ -299,3 +299,27 @@ def test_rate_state_survives_a_reload_that_keeps_the_rule(tmp_path, sink):
     assert 5 <= summary["forwarded_total"] <= 5 + elapsed / 5 + 1, (summary, elapsed)
     assert summary["dropped"]["rate_limit"] == 40 - summary["forwarded_total"]
     assert summary["generation"] == 2
+
+
+@pytest.mark.parametrize("extra,field", [
+    ('[[rules]]\nname = "r"\nburst = 5\nforward = ["d"]', "rules[0].burst"),
+    ('[[rules]]\nname = "r"\nburst_calls = 5\nrate_limit = 9\nforward = ["d"]',
+     "rules[0].burst_calls"),
+    ('[[rules]]\nname = "r"\ndedup_window_ms = 50\nforward = ["d"]', "rules[0].dedup_window_ms"),
+    ('[[rules]]\nname = "r"\ndrop = true\nrate_limit = 9', "rules[0].rate_limit"),
+    ('[[rules]]\nname = "r"\nrate_limit = 0\nforward = ["d"]', "rules[0].rate_limit"),
+    ('[destinations.e]\ntargets = ["127.0.0.1:8"]\nhep_version = 2\npayload = "compress"',
+     "destinations.e.payload"),
+    ('[destinations.e]\ntargets = ["127.0.0.1:8"]\npayload = "zip"', "destinations.e.payload"),
+    ('[switch]\ndedup_slots = 10', "switch.dedup_slots"),
+])
+def test_guard_config_errors_name_the_field(extra, field):
+    from hepfast.config import ConfigError
+
+    text = ('[[listeners]]\nname = "a"\nlisten = "127.0.0.1:0"\n'
+            '[destinations.d]\ntargets = ["127.0.0.1:9"]\n' + extra + "\n")
+    if "[[rules]]" not in extra:
+        text += '[[rules]]\nname = "all"\nforward = ["d"]\n'
+    with pytest.raises(ConfigError) as e:
+        compile_text(text)
+    assert field in str(e.value), str(e.value)
