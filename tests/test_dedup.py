@@ -255,10 +255,17 @@ def test_dedup_survives_a_reload(tmp_path, sink):
             time.sleep(0.05)
         assert "generation 2" in sw.stderr(), sw.stderr()
         sw.send(sip)
+        # the table's size is fixed at start: a reload that changes it is refused, named
+        sw.cfg.write_text(text.replace("workers = 2", "workers = 2\ndedup_slots = 4096"))
+        os.kill(sw.proc.pid, 1)
+        end = time.monotonic() + 20
+        while "reload refused" not in sw.stderr() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert "switch.dedup_slots" in sw.stderr(), sw.stderr()
         time.sleep(1.0)
         summary = sw.stop()
     finally:
         sw.kill()
     assert collections.Counter(sink.packets) == collections.Counter(sip)
     assert summary["dropped"] == {"duplicate": len(sip)}
-    assert summary["generation"] == 2
+    assert summary["generation"] == 2 and summary["reloads"] == {"ok": 1, "error": 1}
