@@ -392,9 +392,9 @@ def compile_config(cfg: Config) -> Compiled:
 def _gcra(rate: float, burst: int | None) -> tuple[int, int]:
     """(emission interval T, tolerance tau) in ns: at most rate * D + burst packets in any
     interval D; burst defaults to a tenth of the rate (at least 1)."""
-    t = max(1, round(1e9 / rate))
+    t = min(max(1, round(1e9 / rate)), 1 << 50)
     b = burst if burst is not None else max(1, math.ceil(rate / 10))
-    return t, (b - 1) * t
+    return t, min((b - 1) * t, 1 << 62)       # (the shared TAT never overflows 64 bits)
 
 
 def _guard_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
