@@ -186,3 +186,41 @@ def test_compressed_payloads_pass_untouched_when_nothing_reads_them(tmp_path, si
         sw.kill()
     assert out.packets == [bomb] * 5
     assert summary["guard"]["inflated"] == 0 and summary["invalid_total"] == 0
+
+
+def test_a_compressed_and_a_plain_copy_are_duplicates(tmp_path, sinks):
+    """Dedup reads the inflated payload: one agent compressing and one not still send copies of
+    one capture. (Listener dedup parses a whole batch ahead; malformed datagrams in the batch
+    are still refused by reason.)"""
+    (out,) = sinks(1)
+    sip = corpus_messages("kamailio", sip_only=True)[:200]
+    sw = SwitchProcess(tmp_path, f"""
+        [switch]
+        workers = 1
+        [[listeners]]
+        name = "agents"
+        listen = "127.0.0.1:0"
+        dedup = true
+        dedup_window_ms = 120000
+        [destinations.out]
+        targets = ["127.0.0.1:{out.port}"]
+        [[rules]]
+        name = "all"
+        forward = ["out"]
+        """, extra=["--no-admin"])
+    try:
+        batch = []
+        for i, m in enumerate(sip):
+            first, second = (zlib_form(m), m) if i % 2 else (m, gzip_form(m))
+            batch += [first, b"HEP3\x00\x05", second]
+        sw.send(batch)
+        assert out.wait_for(200, timeout=30)
+        time.sleep(0.5)
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    want = [zlib_form(m) if i % 2 else m for i, m in enumerate(sip)]
+    assert collections.Counter(out.packets) == collections.Counter(want)
+    assert summary["dropped"] == {"duplicate": 200}
+    assert summary["invalid"] == {"length": 200}
+    check_accounting(summary)

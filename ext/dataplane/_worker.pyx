@@ -39,7 +39,7 @@ from matcher cimport (
 from matcher cimport call_key_hash
 from guard cimport (
     hep_guard, hep_guard_attach, hep_dedup, hep_gcra, hep_guard_tat, hep_call, dedup_identity,
-    HEP_G_HIT, HEP_G_FULL,
+    hep_dedup_prefetch, HEP_G_HIT, HEP_G_FULL,
 )
 from inflate cimport z_stream, hz_init, hz_end, hz_inflate, hz_deflate, HZ_TOO_BIG
 
@@ -266,6 +266,10 @@ cdef class Worker:
     cdef uint8_t *zbuf          # [6 + INFLATE_MAX]: an inflated payload as a 0x000f chunk
     cdef uint8_t *zpkt          # [SLOT_BYTES]: the packet with that chunk (what rules read)
     cdef uint8_t *zout          # [ZOUT_BYTES]: a compressed payload as a 0x0010 chunk
+    cdef hep_pkt *pkts          # [batch] listener dedup: the batch parsed ahead,
+    cdef int *prc               # [batch]   the parse results,
+    cdef uint64_t *dh           # [batch]   the identities,
+    cdef int *dhv               # [batch]   which identities are known
 
     def __cinit__(self, listener_fds, int batch):
         cdef int i
@@ -309,6 +313,12 @@ cdef class Worker:
         if not (self.zbuf and self.zpkt and self.zout) or hz_init(&self.zinf, &self.zdef) != 0:
             raise MemoryError("cannot set up zlib")
         self.z_ok = 1
+        self.pkts = <hep_pkt *>calloc(batch, sizeof(hep_pkt))
+        self.prc = <int *>calloc(batch, sizeof(int))
+        self.dh = <uint64_t *>calloc(batch, sizeof(uint64_t))
+        self.dhv = <int *>calloc(batch, sizeof(int))
+        if not (self.pkts and self.prc and self.dh and self.dhv):
+            raise MemoryError()
 
     cdef int _setup_streams(self) except -1:
         cdef int i, typ = 0
@@ -350,6 +360,10 @@ cdef class Worker:
         free(self.zbuf)
         free(self.zpkt)
         free(self.zout)
+        free(self.pkts)
+        free(self.prc)
+        free(self.dh)
+        free(self.dhv)
         free(self.arena)
         free(self.rmsgs)
         free(self.riov)
@@ -844,19 +858,47 @@ cdef class Worker:
 
     cdef void _process(self, int li, int nmsg) noexcept nogil:
         cdef int i
+        cdef const uint8_t *buf
         self.now = now_ns()
         self.ctr[H_DATAGRAMS] += nmsg
+        if not self.b.listeners[li].dedup_ms:
+            for i in range(nmsg):
+                self._one(li, self.arena + <Py_ssize_t>i * SLOT_BYTES, self.rmsgs[i].msg_len,
+                          &self.raddr[i], 1)
+            return
+        # Listener dedup: parse and hash the whole batch first, prefetching each identity's
+        # bucket, then process it (the table is larger than the caches: one miss per packet
+        # otherwise, now overlapped with the hashing of the next packets).
         for i in range(nmsg):
-            self._one(li, self.arena + <Py_ssize_t>i * SLOT_BYTES, self.rmsgs[i].msg_len,
-                      &self.raddr[i], 1)
+            buf = self.arena + <Py_ssize_t>i * SLOT_BYTES
+            self.prc[i] = hep_parse_lim(buf, self.rmsgs[i].msg_len, &self.pkts[i],
+                                        self.b.max_chunks)
+            self.dhv[i] = self.prc[i] == R_OK and not (
+                self.b.needs_inflate and (self.pkts[i].present >> CH_ZPAYLOAD) & 1
+                and not (self.pkts[i].present >> CH_PAYLOAD) & 1)
+            if self.dhv[i]:
+                self.dh[i] = dedup_identity(&self.pkts[i], buf, 0)
+                hep_dedup_prefetch(&self.guard, self.dh[i])
+        for i in range(nmsg):
+            self._one_pre(li, self.arena + <Py_ssize_t>i * SLOT_BYTES, self.rmsgs[i].msg_len,
+                          &self.raddr[i], 1, &self.pkts[i], self.prc[i], self.dh[i],
+                          self.dhv[i])
 
     cdef void _one(self, int li, const uint8_t *buf, Py_ssize_t n, sockaddr_storage *sa,
                    int check_acl) noexcept nogil:
         """One HEP message from listener li: checks, rules, egress. Its bytes (buf) must stay
         until the next _flush_all()."""
+        self._one_pre(li, buf, n, sa, check_acl, NULL, 0, 0, 0)
+
+    cdef void _one_pre(self, int li, const uint8_t *buf, Py_ssize_t n, sockaddr_storage *sa,
+                       int check_acl, hep_pkt *pre, int pre_rc, uint64_t pre_h,
+                       int has_h) noexcept nogil:
+        """_one, with the packet already parsed when pre is not NULL (pre_rc: the parse's
+        result) and, when has_h, its listener dedup identity pre_h."""
         cdef int rc, forwarded
         cdef Py_ssize_t r, j
-        cdef hep_pkt p
+        cdef hep_pkt p0
+        cdef hep_pkt *pp = pre if pre != NULL else &p0
         cdef listener_t *lst = &self.b.listeners[li]
         cdef uint64_t key = 0
         cdef int have_key
@@ -868,29 +910,30 @@ cdef class Worker:
         cdef const sip_info *sip
         cdef hep_pkt zp
         cdef const uint8_t *mbuf = buf     # what the rules read: buf, or its inflated form
-        cdef hep_pkt *mp = &p
+        cdef hep_pkt *mp = pp
         cdef int g
         # Who may send is decided before what they sent: a refused source is "acl" whatever
         # its packet holds (stream connections are checked once, at accept).
         if check_acl and lst.nallow and not self._allowed(lst, sa):
             self.ctr[OFF_INVALID + li * N_INVALID + R_ACL] += 1
             return
-        rc = hep_parse_lim(buf, n, &p, self.b.max_chunks)
-        if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, &p):
+        rc = pre_rc if pre != NULL else hep_parse_lim(buf, n, pp, self.b.max_chunks)
+        if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, pp):
             rc = R_AUTH
-        if rc == R_OK and self.b.needs_inflate and (p.present >> CH_ZPAYLOAD) & 1 \
-                and not (p.present >> CH_PAYLOAD) & 1:
+        if rc == R_OK and self.b.needs_inflate and (pp.present >> CH_ZPAYLOAD) & 1 \
+                and not (pp.present >> CH_PAYLOAD) & 1:
             # Only a compressed payload, and the plan reads payloads: rules, dedup and the call
             # key read its inflated form (built in zpkt), destinations get what they asked for.
-            rc = self._inflate(buf, &p, &zp)
+            rc = self._inflate(buf, pp, &zp)
             mbuf = self.zpkt
             mp = &zp
         if rc != R_OK:
             self.ctr[OFF_INVALID + li * N_INVALID + rc] += 1
             return
-        self.ctr[OFF_RECEIVED + li * 256 + p.proto_type] += 1
+        self.ctr[OFF_RECEIVED + li * 256 + pp.proto_type] += 1
         if lst.dedup_ms:
-            g = hep_dedup(&self.guard, dedup_identity(mp, mbuf, 0), <uint64_t>now // 1000000,
+            g = hep_dedup(&self.guard, pre_h if has_h else dedup_identity(mp, mbuf, 0),
+                          <uint64_t>now // 1000000,
                           lst.dedup_ms, self.b.dedup_expire_ms)
             if g == HEP_G_HIT:
                 self._drop(D_DUPLICATE, 1)
@@ -934,7 +977,7 @@ cdef class Worker:
             memset(built_len, 0, 4 * sizeof(Py_ssize_t))
             for j in range(self.b.rt.fwd_start[r],
                            self.b.rt.fwd_start[r] + self.b.rt.fwd_count[r]):
-                self._forward(buf, &p, mbuf, mp, r, self.b.rt.fwd[j], &key, &have_key, now,
+                self._forward(buf, pp, mbuf, mp, r, self.b.rt.fwd[j], &key, &have_key, now,
                               built, built_len)
             forwarded = 1
             if not (flags & RF_CONTINUE):
@@ -943,7 +986,7 @@ cdef class Worker:
         if forwarded == 0:
             if self.b.default_dest >= 0:
                 memset(built_len, 0, 4 * sizeof(Py_ssize_t))
-                self._forward(buf, &p, mbuf, mp, -1, self.b.default_dest, &key, &have_key, now,
+                self._forward(buf, pp, mbuf, mp, -1, self.b.default_dest, &key, &have_key, now,
                               built, built_len)
                 forwarded = 1
             else:

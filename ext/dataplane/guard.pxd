@@ -26,6 +26,7 @@ cdef extern from "hepguard.h" nogil:
     int hep_guard_attach(hep_guard *g, void *base, size_t len)
     int hep_dedup(hep_guard *g, uint64_t h, uint64_t now_ms, uint64_t window,
                   uint64_t expire)
+    void hep_dedup_prefetch(const hep_guard *g, uint64_t h)
     int hep_gcra(uint64_t *tat, uint64_t now_ns, uint64_t T, uint64_t tau)
     uint64_t *hep_guard_tat(hep_guard *g, int rule_slot)
     uint64_t *hep_guard_ctat(hep_guard *g, int rule_slot)

@@ -134,6 +134,12 @@ static inline int hep_dedup(hep_guard *g, uint64_t h, uint64_t now_ms, uint64_t 
     return HEP_G_FULL;
 }
 
+/* Start loading the cache line hep_dedup(g, h, ...) will read (a worker prefetches a few
+ * packets ahead: the table is larger than the caches). */
+static inline void hep_dedup_prefetch(const hep_guard *g, uint64_t h) {
+    __builtin_prefetch(g->dedup + ((h & g->dmask) & ~7ULL), 1, 3);
+}
+
 /* GCRA on the shared TAT *tat (ns): 1 = the packet passes (TAT moved), 0 = over the rate. */
 static inline int hep_gcra(uint64_t *tat, uint64_t now_ns, uint64_t T, uint64_t tau) {
     uint64_t old, base;
