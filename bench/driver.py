@@ -9,6 +9,8 @@ workers are all counted). Subjects:
   c_forward  bench/c_forward (recvmmsg -> sendmmsg, no parsing): the physical baseline
   hepfast-1  `hepfast run`, 1 worker, one rule forwarding SIP to one destination
   hepfast-10 `hepfast run`, 1 worker, 10 rules (9 that do not match) and a capture-id rewrite
+  hepfast-sip10 `hepfast run`, 1 worker, 10 rules on sip_* keys with globs, prefixes and a
+             sip_header (9 that do not match the corpus, as an operator's would) and the SIP rule
   hepfast-2p `hepfast run`, 2 workers on the same core, switch.spread = "packet" (the reuseport
              program picks a worker per datagram; one sending socket reaches both)
   hepfast-file  as hepfast-1, and every packet also to a `file` destination: the worker copies
@@ -18,7 +20,8 @@ workers are all counted). Subjects:
              (the `queue_full` column: copies the storage destination dropped over the run)
   hepfast-dedup  the hepfast-10 config with `dedup = true` on its listener (the shared dedup
              table, one XXH64 of the payload per packet; compare with hepfast-10 in the same run)
-With hepfast-dedup among the subjects (and no --corpus), every subject is offered a generated
+  hepfast-sip10-dedup  the hepfast-sip10 config with the same listener dedup
+With a dedup subject among the subjects (and no --corpus), every subject is offered a generated
 corpus of --unique distinct messages (the kamailio corpus with each copy's captured source
 address changed), so that the loop replay makes never repeats a message within the dedup window
 at the highest step (200,000 messages: 1 s at 200,000 pps, the window is 500 ms) and dedup
@@ -134,12 +137,30 @@ def stop_sink(p: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# Subjects with listener dedup (run on a corpus of distinct messages, see above).
+DEDUP_SUBJECTS = ("hepfast-dedup", "hepfast-sip10-dedup")
 # Subjects with a storage destination besides the UDP target, and its transport.
 STORES = {"hepfast-file": "file", "hepfast-pcap": "pcap", "hepfast-parquet": "parquet"}
 
 
+# hepfast-sip10: nine realistic rules that never match the corpus (SIPp calls between 127.0.0.1
+# ports, Kamailio log lines), each on SIP keys with globs; the tenth takes SIP and logs.
+SIP10_MISSES = [
+    ['match.sip_ruri_user = ["+4930*", "030*"]'],
+    ['match.sip_ruri_domain = ["*.carrier.example", "sbc-?.example.net"]'],
+    ['match.sip_from_user = ["anonymous", "*test*"]'],
+    ['match.sip_user_agent = ["friendly-scanner*", "sipvicious*"]'],
+    ['match.sip_header = { name = "X-Tenant", value = ["acme*"] }'],
+    ['match.sip_cseq_method = ["REGISTER", "SUBSCRIBE"]', 'match.sip_status = "2xx"'],
+    ['match.sip_call_id = ["*@10.99.*", "lab-*"]'],
+    ['match.correlation_id_field = { separator = "@", field = 1, value = ["*.tenant.example"] }'],
+    ['match.sip_method = ["OPTIONS", "NOTIFY", "PUBLISH"]', 'match.sip_to_user = "ivr-*"'],
+]
+
+
 def write_config(path: Path, listen: int, target: int, rules: int, workers: int = 1,
-                 record: Path | None = None, store: str = "file", dedup: bool = False) -> None:
+                 record: Path | None = None, store: str = "file", dedup: bool = False,
+                 sip10: bool = False) -> None:
     lines = ["[switch]", f"workers = {workers}", "batch = 64", 'default = "drop"',
              'spread = "packet"', "",
              "[admin]", 'listen = "127.0.0.1:0"', "",
@@ -152,6 +173,8 @@ def write_config(path: Path, listen: int, target: int, rules: int, workers: int 
                   "rotate_bytes = 268435456"]
         lines += ["keep = 2", ""] if store != "parquet" else ["retention_bytes = 1073741824", ""]
         fwd = '["sink", "rec"]'
+    for k, keys in enumerate(SIP10_MISSES if sip10 else []):
+        lines += ["[[rules]]", f'name = "sipmiss{k}"', *keys, 'forward = ["sink"]', ""]
     for k in range(rules - 1):
         # Rules that never match the corpus (capture id 2001): they cost the evaluation only.
         lines += ["[[rules]]", f'name = "miss{k}"', f"match.capture_id = [{9000 + k}]",
@@ -198,7 +221,8 @@ def start_subject(name: str, listen: int, target: int, tmp: Path) -> subprocess.
     write_config(cfg, listen, target, 10 if name in ("hepfast-10", "hepfast-dedup") else 1,
                  workers=2 if name == "hepfast-2p" else 1,
                  record=tmp / f"{name}-rec" if name in STORES else None,
-                 store=STORES.get(name, "file"), dedup=name == "hepfast-dedup")
+                 store=STORES.get(name, "file"), dedup=name in DEDUP_SUBJECTS,
+                 sip10=name in ("hepfast-sip10", "hepfast-sip10-dedup"))
     return hepfast("run", "-c", str(cfg), "--quiet", core=0, stdout=subprocess.PIPE,
                    stderr=subprocess.PIPE, text=True)
 
@@ -263,7 +287,7 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
         except subprocess.TimeoutExpired:
             subject.kill()
             out, _ = subject.communicate()
-    if name == "hepfast-dedup" and rows:
+    if name in DEDUP_SUBJECTS and rows:
         try:
             final = json.loads((out or "").strip().splitlines()[-1])
             dups = final["dropped"].get("duplicate", 0)
@@ -309,7 +333,7 @@ def main() -> int:
     steps = [float(s) for s in args.steps.split(",") if s]
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if "hepfast-dedup" in args.subjects.split(",") and not corpus_given:
+        if set(DEDUP_SUBJECTS) & set(args.subjects.split(",")) and not corpus_given:
             corpus = unique_corpus(corpus, Path(tmp) / "unique.hepraw", args.unique)
             print(f"# offering {args.unique} distinct messages ({corpus})", file=sys.stderr)
         for name in args.subjects.split(","):

@@ -120,11 +120,29 @@ KEY_NAMES = (
     "src_port", "dst_port", "capture_id", "node_name", "correlation_id", "sip_method",
     "sip_status", "sip_call_id", "sip_from_user", "sip_to_user", "sip_ruri_user",
     "sip_ruri_domain",
+    # string patterns and SIP headers (issue 14 A)
+    "sip_cseq_method", "sip_user_agent", "sip_header", "correlation_id_field",
 )
 KEY = {n: i for i, n in enumerate(KEY_NAMES)}
 NKEYS = len(KEY_NAMES)
 RULE_FLAGS = {"drop": 1, "continue": 2, "has_rewrite": 4, "needs_sip": 8, "has_sample": 16}
 RULE_FLAGS["has_guard"] = 32     # dedup, rate_limit or rate_limit_calls (hepfast.dataplane.guard)
+
+# --- string patterns, SIP headers and call keys (issue 14 A; hepfast.plan.tables) -----------------
+# Glob tokens of the pattern table (`pat_blob` uint16): 0..255 a literal byte, then these two.
+GLOB_ANY = 256           # "?": exactly one byte
+GLOB_STAR = 257          # "*": any run of bytes, also none
+MAX_PATTERN_LEN = 128    # bytes of one pattern as written
+MAX_PATTERNS = 4096      # glob patterns in one config (exact values are hashes: not counted)
+MAX_CONDS = 8            # sip_header / correlation_id_field tables in one rule
+MAX_HEADER_NAME = 64     # bytes of a sip_header name
+MAX_KEY_FIELD = 16       # call_key_field / correlation_id_field.field: -16..15
+# Which SIP headers the scanner looks for (sip_info; the plan's `sip_want` is their union over
+# the rules, so a header no rule needs is never searched for).
+SIP_WANT = {"call_id": 1, "from": 2, "to": 4, "cseq": 8, "user_agent": 16}
+# Per destination: what mode = "hash" keys on (Destination.call_key).
+CALL_KEY_NAMES = ("call_id", "correlation_id", "src_ip", "capture_id")
+CALL_KEY = {n: i for i, n in enumerate(CALL_KEY_NAMES)}
 
 
 def c_enums() -> dict[str, dict[str, int]]:
@@ -150,4 +168,8 @@ def c_enums() -> dict[str, dict[str, int]]:
         "match keys": {**{f"K_{n.upper()}": i for i, n in enumerate(KEY_NAMES)},
                        "NKEYS": NKEYS},
         "rule flags": {f"RF_{n.upper()}": v for n, v in RULE_FLAGS.items()},
+        "patterns, SIP headers, call keys": {
+            "GLOB_ANY": GLOB_ANY, "GLOB_STAR": GLOB_STAR,
+            **{f"SW_{n.upper()}": v for n, v in SIP_WANT.items()},
+            **{f"CK_{n.upper()}": i for i, n in enumerate(CALL_KEY_NAMES)}},
     }

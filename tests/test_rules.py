@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import struct
 from pathlib import Path
 
@@ -85,15 +86,16 @@ def pkt(*, fam=4, src="10.1.2.3", dst="10.9.9.9", sport=5060, dport=5060, ptype=
 
 
 def sip_request(method=b"INVITE", ruri=b"sip:bob@Example.com", frm=b"alice", to=b"bob",
-                cid=b"call-1@host") -> bytes:
+                cid=b"call-1@host", extra=b"") -> bytes:
     return (method + b" " + ruri + b" SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1\r\n"
             b"From: \"A\" <sip:" + frm + b"@a.example>;tag=1\r\nTo: <sip:" + to
-            + b"@b.example>\r\nCall-ID: " + cid + b"\r\nCSeq: 1 " + method + b"\r\n\r\n")
+            + b"@b.example>\r\nCall-ID: " + cid + b"\r\nCSeq: 1 " + method + b"\r\n" + extra
+            + b"\r\n")
 
 
-def sip_response(status=b"200 OK", cid=b"call-1@host") -> bytes:
+def sip_response(status=b"200 OK", cid=b"call-1@host", extra=b"") -> bytes:
     return (b"SIP/2.0 " + status + b"\r\nFrom: <sip:alice@a>;tag=1\r\nTo: <sip:bob@b>;tag=2\r\n"
-            b"i: " + cid + b"\r\nCSeq: 1 INVITE\r\n\r\n")
+            b"i: " + cid + b"\r\nCSeq: 1 INVITE\r\n" + extra + b"\r\n")
 
 
 # ---------------------------------------------------------------- tables
@@ -220,6 +222,28 @@ def test_keys_and_or():
     v2 = codec.to_v2(pkt(fam=6, src="::1", dst="::2", proto=17))
     assert both(c, v2, 0) == [2]
     assert both(c, codec.to_v2(pkt()), 0) == []
+
+
+def test_string_globs_and_new_sip_keys():
+    """Globs next to exact values; sip_cseq_method and sip_user_agent; sip_header (issue 14 A;
+    tests/test_match_patterns.py has the rest)."""
+    c = compiled([
+        {"name": "pfx", "match": {"sip_ruri_user": ["+4930*", "bob"]}, "forward": ["homer"],
+         "continue": True},
+        {"name": "ua", "match": {"sip_user_agent": "Acme-?"}, "forward": ["homer"],
+         "continue": True},
+        {"name": "cseq", "match": {"sip_cseq_method": "INVITE", "sip_status": "2xx"},
+         "forward": ["homer"], "continue": True},
+        {"name": "hdr", "match": {"sip_header": {"name": "x-TENANT", "value": "acme-*"}},
+         "forward": ["qos"], "continue": True},
+    ])
+    assert both(c, pkt(payload=sip_request(ruri=b"sip:+49301@h",
+                                           extra=b"User-Agent: Acme-2\r\n"))) == [0, 1]
+    assert both(c, pkt(payload=sip_request(extra=b"X-Tenant: acme-1\r\n"))) == [0, 3]
+    assert both(c, pkt(payload=sip_response(extra=b"Server: Acme-3\r\n"))) == [1, 2]
+    assert both(c, pkt(payload=sip_response(b"486 Busy"))) == []
+    assert int(c.flags[3]) & rules.NEEDS_SIP and c.sip_want == (
+        rules.SIP_WANT["user_agent"] | rules.SIP_WANT["cseq"])
 
 
 def test_strings_exact_and_folded():
@@ -359,6 +383,9 @@ CORPUS_RULES = [
     {"name": "lo6", "match": {"src_ip": "::1"}},
     {"name": "ports", "match": {"dst_port": ["5060", "5070-5090"]}},
     {"name": "hep3", "match": {"hep_version": 3, "listener": "agents"}},
+    # issue 14 A: a response by the request it answers; a Call-ID glob
+    {"name": "cseq-bye", "match": {"sip_cseq_method": "bye", "sip_status": "2xx"}},
+    {"name": "cid-glob", "match": {"sip_call_id": ["*0@127.0.0.?", "7*"]}},
 ]
 
 
@@ -376,6 +403,9 @@ def _tshark_truth(e: dict) -> list[bool]:
         e.get("hep3.source_ipv6_address") == "::1",
         e["hep3.destination_port"] == 5060 or 5070 <= e["hep3.destination_port"] <= 5090,
         True,
+        e.get("sip.CSeq.method") == "BYE" and status is not None and 200 <= int(status) <= 299,
+        re.fullmatch(r".*0@127\.0\.0\..", e.get("sip.Call-ID") or "", re.S) is not None
+        or (e.get("sip.Call-ID") or "").startswith("7"),
     ]
 
 
@@ -393,6 +423,7 @@ def test_corpus_every_key_agrees_with_tshark():
     by = dict(zip(names, counts.tolist(), strict=True))
     assert by["invite"] == 240 and by["ok"] == 320 and by["v6"] == 140 and by["tcp"] == 80
     assert by["log"] == 80 and by["rtpengine"] == 24 and by["hep3"] == 1224
+    assert by["cseq-bye"] == 160 and by["cid-glob"] > 0
 
 
 @needs_corpus
@@ -456,19 +487,26 @@ USERS = [b"alice", b"bob", b"Bob"]
 DOMAINS = [b"example.com", b"Example.COM", b"10.0.0.1"]
 
 
+# Extra headers for the issue 14 A keys (sip_user_agent, sip_header), compact forms included.
+EXTRA_HEADERS = [b"", b"User-Agent: Acme-2\r\n", b"Server: gw.example.com\r\n",
+                 b"X-Tenant: acme-1\r\nx-tenant: Beta\r\n", b"s: call me\r\n",
+                 b"Subject: x\r\nUser-Agent: bob\r\n"]
+
+
 @st.composite
 def sip_payloads(draw):
     kind = draw(st.sampled_from(["req", "resp", "junk", "empty"]))
     cid = draw(st.sampled_from(CALLS))
+    extra = draw(st.sampled_from(EXTRA_HEADERS))
     if kind == "req":
         return sip_request(method=draw(st.sampled_from([b"INVITE", b"invite", b"BYE", b"ACK"])),
                            ruri=b"sip:" + draw(st.sampled_from(USERS)) + b"@"
                            + draw(st.sampled_from(DOMAINS)),
                            frm=draw(st.sampled_from(USERS)), to=draw(st.sampled_from(USERS)),
-                           cid=cid)
+                           cid=cid, extra=extra)
     if kind == "resp":
         return sip_response(draw(st.sampled_from([b"100 Trying", b"200 OK", b"486 Busy"])),
-                            cid=cid)
+                            cid=cid, extra=extra)
     if kind == "junk":
         return draw(st.binary(max_size=40))
     return b""
@@ -538,6 +576,24 @@ MATCH_VALUES = {
     "sip_ruri_user": st.sampled_from([u.decode() for u in USERS]),
     "sip_ruri_domain": st.sampled_from([d.decode() for d in DOMAINS]),
 }
+# issue 14 A: globs on the string keys, and the new keys
+MATCH_VALUES.update({
+    "node_name": st.sampled_from([n.decode() for n in NAMES] + ["edge-*", "*-1", "?DGE*"]),
+    "correlation_id": st.sampled_from([c.decode() for c in CALLS] + ["call-?@*", "*@host"]),
+    "sip_method": st.sampled_from(["INVITE", "bye", "Ack", "IN*", "?ye", "*"]),
+    "sip_call_id": st.sampled_from([c.decode() for c in CALLS if c] + ["*-1@host", "C*"]),
+    "sip_from_user": st.sampled_from([u.decode() for u in USERS] + ["b*", "?lice"]),
+    "sip_ruri_domain": st.sampled_from([d.decode() for d in DOMAINS] + ["*.com", "10.*"]),
+    "sip_cseq_method": st.sampled_from(["INVITE", "bye", "*E", "ACK"]),
+    "sip_user_agent": st.sampled_from(["Acme*", "bob", "*.example.com", "*"]),
+    "sip_header": st.sampled_from([{"name": "X-Tenant", "value": ["acme*", "beta"]},
+                                   {"name": "subject", "value": "*"},
+                                   {"name": "s", "value": ["call me", "?"]}]),
+    "correlation_id_field": st.sampled_from([
+        {"separator": "@", "field": 1, "value": ["host", "h*"]},
+        {"separator": "-", "field": 0, "value": "call"},
+        {"separator": "@", "field": -2, "value": ["*-1", "Call*"]}]),
+})
 
 
 @st.composite

@@ -27,7 +27,8 @@ def test_request_fields():
     assert f == {
         "sip_method": "INVITE", "sip_status": None, "sip_call_id": "abc-123@10.0.0.1",
         "sip_from_user": "alice", "sip_to_user": "bob", "sip_ruri_user": "bob",
-        "sip_ruri_domain": "example.com",
+        "sip_ruri_domain": "example.com", "sip_cseq_method": f["sip_cseq_method"],
+        "sip_user_agent": f["sip_user_agent"],
     }
     assert sip_summary(INVITE) == {"sip_method": "INVITE", "sip_call_id": "abc-123@10.0.0.1"}
     assert call_id(INVITE) == b"abc-123@10.0.0.1"

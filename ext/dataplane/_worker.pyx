@@ -30,11 +30,12 @@ from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EMSGSIZE
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from hepwire cimport *
-from sipscan cimport sip_info, sip_scan
+from sipscan cimport sip_info, sip_scan_want
 from matcher cimport (
     rule_tables, rules_bind, rule_match, pkt_is_sip, rule_sample_keep, sample_key, cidr_match,
     RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE,
 )
+from matcher cimport dest_key     # issue 14 A: per-destination call keys
 # guard: dedup, rate limits, compressed payloads (issue 14; hepfast.dataplane.guard)
 from matcher cimport call_key_hash
 from guard cimport (
@@ -106,6 +107,11 @@ cdef struct dest_t:
     Py_ssize_t auth_len
     uint32_t rr
     int payload                 # P_KEEP, P_INFLATE, P_COMPRESS
+    # mode = "hash": the call key (constants.CALL_KEY; CK_CALL_ID without a split is the
+    # packet's sample_key, computed once per packet and shared)
+    int ck_kind
+    uint8_t ck_sep
+    int ck_field
 
 
 cdef struct listener_t:
@@ -446,6 +452,9 @@ cdef class Worker:
                 nb.dests[i].tstart = t
                 nb.dests[i].tcount = len(d.targets)
                 nb.dests[i].slot = d.slot
+                nb.dests[i].ck_kind = getattr(d, "call_key", 0)
+                nb.dests[i].ck_sep = getattr(d, "call_key_sep", 0)
+                nb.dests[i].ck_field = getattr(d, "call_key_field", 0)
                 if d.auth_key:
                     blob_obj = bytes(d.auth_key)
                     auth_chunk = (b"\x00\x00\x00\x0e" + (len(blob_obj) + 6).to_bytes(2, "big")
@@ -772,6 +781,7 @@ cdef class Worker:
         cdef const uint8_t *data
         cdef Py_ssize_t n
         cdef Py_ssize_t before = self.scratch_pos
+        cdef uint64_t dkey
         if d.payload == P_INFLATE and mbuf != buf:
             buf = mbuf
             p = mp
@@ -795,18 +805,24 @@ cdef class Worker:
             self._ddrop(d.slot, D_UNCONVERTIBLE if n == -2 else D_TOO_BIG,
                         1 if d.mode != M_ALL else d.tcount)
             return
-        if d.mode == M_HASH and d.tcount > 1 and not have_key[0]:
+        dkey = key[0]
+        if d.mode == M_HASH and d.tcount > 1:
             # Only a choice between targets needs the call key (it may scan the SIP headers).
-            key[0] = sample_key(mp, mbuf)
-            have_key[0] = 1
+            if d.ck_kind != CK_CALL_ID or d.ck_sep:
+                dkey = dest_key(mp, mbuf, d.ck_kind, d.ck_sep, d.ck_field)
+            else:
+                if not have_key[0]:
+                    key[0] = sample_key(mp, mbuf)
+                    have_key[0] = 1
+                dkey = key[0]
         if d.egress == E_RING:
-            self._queue_ring(d, data, n, key[0])
+            self._queue_ring(d, data, n, dkey)
             return
         if d.mode == M_ALL:
             for i in range(d.tstart, d.tstart + d.tcount):
                 self._queue(i, data, n)
             return
-        self._queue(self._pick(d, key[0], now), data, n)
+        self._queue(self._pick(d, dkey, now), data, n)
 
     cdef inline void _queue_ring(self, dest_t *d, const uint8_t *data, Py_ssize_t n,
                                  uint64_t key) noexcept nogil:
@@ -944,7 +960,8 @@ cdef class Worker:
         forwarded = 0
         sip = NULL
         if self.b.rt.needs_sip and pkt_is_sip(mp):
-            if sip_scan(mbuf + mp.payload_off, mp.payload_len, &si) == 0:
+            if sip_scan_want(mbuf + mp.payload_off, mp.payload_len, self.b.rt.sip_want,
+                             &si) == 0:
                 sip = &si
         r = 0
         while r < self.b.nrules:

@@ -6,13 +6,13 @@ SIP scan when a rule needs it, rule_match over the rules in order, sampling) and
 indices of the rules that take it: the same contract as hepfast.plan.match_rules, which tests
 compare it with. Cold path: it binds the tables on every call.
 """
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from hepwire cimport hep_pkt, hep_parse, R_OK
-from sipscan cimport sip_info, sip_scan
+from sipscan cimport sip_info, sip_scan_want
 from matcher cimport (rule_tables, rules_bind, rule_match, rule_sample_keep, call_key_hash,
                       sample_key, pkt_is_sip, cidr_match, hash64_lower, RF_DROP, RF_CONTINUE,
-                      RF_HAS_SAMPLE)
+                      RF_HAS_SAMPLE, glob_match, dest_key, select_field)
 from constants cimport constants
 
 CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
@@ -39,7 +39,7 @@ def evaluate(compiled, bytes data not None, uint32_t listener):
     if rc != R_OK:
         raise ValueError(f"invalid HEP message (reason {rc})")
     if t.needs_sip and pkt_is_sip(&p):
-        if sip_scan(buf + p.payload_off, p.payload_len, &si) == 0:
+        if sip_scan_want(buf + p.payload_off, p.payload_len, t.sip_want, &si) == 0:
             sp = &si
     if t.needs_call_key:
         h = sample_key(&p, buf)
@@ -103,3 +103,36 @@ def listener_allows(compiled, Py_ssize_t listener, str sender not None):
 def fold_hash(bytes data not None):
     """hash64_lower (tests: twin of hepfast.plan.hash_str on folded keys)."""
     return hash64_lower(_buf(data), len(data))
+
+
+# ---------------------------------------------------------------- issue 14 A
+
+def glob(tokens, bytes value not None, bint fold=False):
+    """glob_match over pattern tokens (hepfast.config.values.parse_glob) and a value (tests:
+    compared with hepfast.plan.oracle.glob_match)."""
+    cdef Py_ssize_t m = len(tokens), i
+    import array
+    arr = array.array("H", [int(x) for x in tokens] or [0])
+    cdef const uint16_t[::1] tv = arr
+    for i in range(1, m):
+        if tv[i] == tv[i - 1] == 257:
+            raise ValueError("two stars in a row: parse_glob collapses them")
+    return glob_match(&tv[0], m, _buf(value), len(value), fold)
+
+
+def field_of(bytes value not None, int sep, int field):
+    """select_field: the field's bytes, or None (twin: hepfast.plan.oracle.select_field)."""
+    cdef Py_ssize_t fs = 0, fe = 0
+    if select_field(_buf(value), len(value), <uint8_t>sep, field, &fs, &fe):
+        return value[fs:fe]
+    return None
+
+
+def dest_hash(bytes data not None, int kind, int sep=0, int field=0):
+    """dest_key of a message: what a destination with call_key `kind` (constants.CALL_KEY) and
+    that split keys its hash mode on (twin: hepfast.plan.oracle.dest_key_hash)."""
+    cdef hep_pkt p
+    cdef const uint8_t *buf = _buf(data)
+    if hep_parse(buf, len(data), &p) != R_OK:
+        raise ValueError("invalid HEP message")
+    return dest_key(&p, buf, kind, <uint8_t>sep, field)

@@ -272,6 +272,8 @@ def sip_scan(data):
         "sip_to_user": _win(p, si.to_user_off, si.to_user_len),
         "sip_ruri_user": _win(p, si.ruri_user_off, si.ruri_user_len),
         "sip_ruri_domain": _win(p, si.ruri_domain_off, si.ruri_domain_len),
+        "sip_cseq_method": _win(p, si.cseq_method_off, si.cseq_method_len),
+        "sip_user_agent": _win(p, si.user_agent_off, si.user_agent_len),
     }
 
 

@@ -11,9 +11,13 @@
 # - Results are (offset, length) windows relative to p; length 0 means absent.
 # - Only the header section is scanned (up to the first empty line); the body is never touched.
 # - Payloads longer than 2 GiB are scanned in their first 2 GiB only (offsets are uint32).
+# - sip_scan_want looks only for the headers its `want` bits name (the plan's union over the
+#   rules): a header no rule needs costs nothing; the start line is always read.
 
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memset
+
+from constants cimport SW_CALL_ID, SW_FROM, SW_TO, SW_CSEQ, SW_USER_AGENT
 
 ctypedef struct sip_info:
     int status                  # response status code; 0 for a request
@@ -29,6 +33,12 @@ ctypedef struct sip_info:
     uint32_t ruri_user_len
     uint32_t ruri_domain_off
     uint32_t ruri_domain_len
+    # issue 14 A: scanned only when asked for (sip_scan_want), plus where the headers start
+    uint32_t cseq_method_off
+    uint32_t cseq_method_len
+    uint32_t user_agent_off     # User-Agent, else Server
+    uint32_t user_agent_len
+    uint32_t hdr_off            # first header line (sip_next_header starts here)
 
 
 cdef inline Py_ssize_t _sip_find(const uint8_t *p, Py_ssize_t s, Py_ssize_t e,
@@ -190,69 +200,128 @@ cdef inline void _sip_name_addr_user(const uint8_t *p, Py_ssize_t s, Py_ssize_t 
     _sip_uri(p, a, b, us, ue, &hs, &he)
 
 
-cdef inline int _sip_headers(const uint8_t *p, Py_ssize_t pos, Py_ssize_t n, int want,
-                             Py_ssize_t *vs, Py_ssize_t *ve) noexcept nogil:
-    """Value windows of Call-ID (0), From (1), To (2) in the header section starting at pos,
-    into vs[i]/ve[i]; `want` is how many of the three to look for (1 = Call-ID only). Returns a
-    bit mask of the headers found (first occurrence decides, even with an empty value)."""
-    cdef int found = 0, left = want, idx
-    cdef Py_ssize_t a, b, colon, ne, s, e
-    while pos < n and left > 0:
-        a = pos
-        b = _sip_line_end(p, a, n, &pos)
+cdef inline int sip_next_header(const uint8_t *p, Py_ssize_t n, Py_ssize_t *pos,
+                                Py_ssize_t *ns, Py_ssize_t *ne, Py_ssize_t *vs,
+                                Py_ssize_t *ve) noexcept nogil:
+    """The next header line from pos[0] (advanced past it): name [ns, ne) with blanks before the
+    colon dropped, value [vs, ve) trimmed of SP/HTAB. Folded continuation lines and lines
+    without a colon are skipped. Returns 0 at the empty line or the end of p (pos then n or
+    past the empty line), else 1. Twin: hepfast.wire.sip._next_header."""
+    cdef Py_ssize_t a, b, colon, e, s
+    while pos[0] < n:
+        a = pos[0]
+        b = _sip_line_end(p, a, n, pos)
         if b == a:
-            break                               # the empty line: end of headers
+            return 0                            # the empty line: end of headers
         if _sip_blank(p[a]):
             continue                            # folded continuation line
         colon = _sip_find(p, a, b, 0x3A)
         if colon < 0:
             continue
-        ne = colon
-        while ne > a and _sip_blank(p[ne - 1]):
-            ne -= 1
-        if _sip_lower_eq(p, a, ne, b"call-id", 7) or _sip_lower_eq(p, a, ne, b"i", 1):
-            idx = 0
-        elif _sip_lower_eq(p, a, ne, b"from", 4) or _sip_lower_eq(p, a, ne, b"f", 1):
-            idx = 1
-        elif _sip_lower_eq(p, a, ne, b"to", 2) or _sip_lower_eq(p, a, ne, b"t", 1):
-            idx = 2
-        else:
-            continue
-        if idx >= want or found & (1 << idx):
-            continue
+        e = colon
+        while e > a and _sip_blank(p[e - 1]):
+            e -= 1
+        ns[0] = a
+        ne[0] = e
         s = colon + 1
         e = b
         while s < e and _sip_blank(p[s]):
             s += 1
         while e > s and _sip_blank(p[e - 1]):
             e -= 1
+        vs[0] = s
+        ve[0] = e
+        return 1
+    return 0
+
+
+cdef inline int _sip_header_slot(const uint8_t *p, Py_ssize_t a, Py_ssize_t e) noexcept nogil:
+    """Which slot of _sip_headers a header name p[a:e] fills: 0 Call-ID, 1 From, 2 To, 3 CSeq,
+    4 User-Agent, 5 Server (full or compact forms, any case), -1 none of them."""
+    cdef Py_ssize_t ln = e - a
+    if ln == 1:
+        if _sip_lower(p[a]) == 0x69:            # i
+            return 0
+        if _sip_lower(p[a]) == 0x66:            # f
+            return 1
+        if _sip_lower(p[a]) == 0x74:            # t
+            return 2
+        return -1
+    if _sip_lower_eq(p, a, e, b"call-id", 7):
+        return 0
+    if _sip_lower_eq(p, a, e, b"from", 4):
+        return 1
+    if _sip_lower_eq(p, a, e, b"to", 2):
+        return 2
+    if _sip_lower_eq(p, a, e, b"cseq", 4):
+        return 3
+    if _sip_lower_eq(p, a, e, b"user-agent", 10):
+        return 4
+    if _sip_lower_eq(p, a, e, b"server", 6):
+        return 5
+    return -1
+
+
+cdef inline int _sip_headers(const uint8_t *p, Py_ssize_t pos, Py_ssize_t n, int want,
+                             Py_ssize_t *vs, Py_ssize_t *ve) noexcept nogil:
+    """Value windows of the headers `want` asks for (SW_* bits: Call-ID slot 0, From 1, To 2,
+    CSeq 3, User-Agent 4 with Server 5) in the header section starting at pos, into vs[i]/ve[i].
+    Returns a bit mask of the slots found (first occurrence decides, even with an empty value);
+    stops once every wanted slot is found (Server alone does not stop the search for
+    User-Agent)."""
+    cdef int found = 0, idx, slots = 0, need
+    cdef Py_ssize_t ns = 0, ne = 0, s = 0, e = 0
+    if want & SW_CALL_ID:
+        slots |= 1
+    if want & SW_FROM:
+        slots |= 2
+    if want & SW_TO:
+        slots |= 4
+    if want & SW_CSEQ:
+        slots |= 8
+    need = slots
+    if want & SW_USER_AGENT:
+        need |= 16
+        slots |= 16 | 32
+    while need & ~found and sip_next_header(p, n, &pos, &ns, &ne, &s, &e):
+        idx = _sip_header_slot(p, ns, ne)
+        if idx < 0 or not (slots & (1 << idx)) or found & (1 << idx):
+            continue
         vs[idx] = s
         ve[idx] = e
         found |= 1 << idx
-        left -= 1
     return found
 
 
-cdef inline int sip_scan(const uint8_t *p, Py_ssize_t n, sip_info *out) noexcept nogil:
-    """Scan a SIP payload p[0:n] into out. Returns 0 when it is SIP (a request or status line),
-    -1 otherwise (out is then all zero)."""
+cdef inline void _sip_cseq_method(const uint8_t *p, Py_ssize_t s, Py_ssize_t e, Py_ssize_t *ms,
+                                  Py_ssize_t *me) noexcept nogil:
+    """Method [ms, me) of a CSeq value p[s:e] (`1*DIGIT 1*blank method`); empty when the value
+    does not have that shape."""
+    cdef Py_ssize_t i = s
+    ms[0] = 0
+    me[0] = 0
+    while i < e and 0x30 <= p[i] <= 0x39:
+        i += 1
+    if i == s or i >= e or not _sip_blank(p[i]):
+        return
+    while i < e and _sip_blank(p[i]):
+        i += 1
+    ms[0] = i
+    while i < e and not _sip_blank(p[i]):
+        i += 1
+    me[0] = i
+
+
+cdef inline int sip_scan_want(const uint8_t *p, Py_ssize_t n, int want,
+                              sip_info *out) noexcept nogil:
+    """Scan a SIP payload p[0:n] into out: the start line always (method, status, Request-URI),
+    the headers `want` names (SW_* bits; the others stay absent). Returns 0 when it is SIP (a
+    request or status line), -1 otherwise (out is then all zero)."""
     cdef Py_ssize_t b, nxt = 0, mend = 0, us = 0, ue = 0, a1, a2, a3, a4
-    cdef Py_ssize_t vs[3]
-    cdef Py_ssize_t ve[3]
+    cdef Py_ssize_t vs[6]
+    cdef Py_ssize_t ve[6]
     cdef int kind, status = 0, found
-    out.status = 0
-    out.method_off = 0
-    out.method_len = 0
-    out.call_id_off = 0
-    out.call_id_len = 0
-    out.from_user_off = 0
-    out.from_user_len = 0
-    out.to_user_off = 0
-    out.to_user_len = 0
-    out.ruri_user_off = 0
-    out.ruri_user_len = 0
-    out.ruri_domain_off = 0
-    out.ruri_domain_len = 0
+    memset(out, 0, sizeof(sip_info))
     if n > 0x7FFFFFFF:
         n = 0x7FFFFFFF
     if n <= 0:
@@ -261,6 +330,7 @@ cdef inline int sip_scan(const uint8_t *p, Py_ssize_t n, sip_info *out) noexcept
     kind = _sip_start_line(p, 0, b, &status, &mend, &us, &ue)
     if kind == 0:
         return -1
+    out.hdr_off = <uint32_t>nxt
     if kind == 2:
         out.status = status
     else:
@@ -270,7 +340,9 @@ cdef inline int sip_scan(const uint8_t *p, Py_ssize_t n, sip_info *out) noexcept
         out.ruri_user_len = <uint32_t>(a2 - a1)
         out.ruri_domain_off = <uint32_t>a3
         out.ruri_domain_len = <uint32_t>(a4 - a3)
-    found = _sip_headers(p, nxt, n, 3, vs, ve)
+    if want == 0:
+        return 0
+    found = _sip_headers(p, nxt, n, want, vs, ve)
     if found & 1:
         out.call_id_off = <uint32_t>vs[0]
         out.call_id_len = <uint32_t>(ve[0] - vs[0])
@@ -282,7 +354,22 @@ cdef inline int sip_scan(const uint8_t *p, Py_ssize_t n, sip_info *out) noexcept
         _sip_name_addr_user(p, vs[2], ve[2], &a1, &a2)
         out.to_user_off = <uint32_t>a1
         out.to_user_len = <uint32_t>(a2 - a1)
+    if found & 8:
+        _sip_cseq_method(p, vs[3], ve[3], &a1, &a2)
+        out.cseq_method_off = <uint32_t>a1
+        out.cseq_method_len = <uint32_t>(a2 - a1)
+    if found & 16:
+        out.user_agent_off = <uint32_t>vs[4]
+        out.user_agent_len = <uint32_t>(ve[4] - vs[4])
+    elif found & 32:
+        out.user_agent_off = <uint32_t>vs[5]
+        out.user_agent_len = <uint32_t>(ve[5] - vs[5])
     return 0
+
+
+cdef inline int sip_scan(const uint8_t *p, Py_ssize_t n, sip_info *out) noexcept nogil:
+    """sip_scan_want with every header: all fields of sip_info."""
+    return sip_scan_want(p, n, SW_CALL_ID | SW_FROM | SW_TO | SW_CSEQ | SW_USER_AGENT, out)
 
 
 cdef inline int sip_call_id(const uint8_t *p, Py_ssize_t n, uint32_t *off,
@@ -291,8 +378,8 @@ cdef inline int sip_call_id(const uint8_t *p, Py_ssize_t n, uint32_t *off,
     line is skipped unchecked; scanning stops at the end of headers or at the first Call-ID.
     Returns 1 when found with a non-empty value, else 0 (off/ln then 0)."""
     cdef Py_ssize_t nxt = 0
-    cdef Py_ssize_t vs[3]
-    cdef Py_ssize_t ve[3]
+    cdef Py_ssize_t vs[6]
+    cdef Py_ssize_t ve[6]
     off[0] = 0
     ln[0] = 0
     if n > 0x7FFFFFFF:
@@ -300,7 +387,7 @@ cdef inline int sip_call_id(const uint8_t *p, Py_ssize_t n, uint32_t *off,
     if n <= 0:
         return 0
     _sip_line_end(p, 0, n, &nxt)
-    if not (_sip_headers(p, nxt, n, 1, vs, ve) & 1) or ve[0] <= vs[0]:
+    if not (_sip_headers(p, nxt, n, SW_CALL_ID, vs, ve) & 1) or ve[0] <= vs[0]:
         return 0
     off[0] = <uint32_t>vs[0]
     ln[0] = <uint32_t>(ve[0] - vs[0])

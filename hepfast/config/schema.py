@@ -135,10 +135,35 @@ class Destination(_Base):
     tls_cert: str = ""
     tls_key: str = ""
     tls_verify: bool = True
+    # mode = "hash": what the target choice keys on (issue 14 A). call_id: the SIP Call-ID, else
+    # the correlation id; correlation_id: the other way round; src_ip, capture_id: those chunks;
+    # without one, the flow. call_key_separator/call_key_field take one field of the Call-ID /
+    # correlation id (0-based, negative from the end; too few fields: the whole value).
+    call_key: Literal["call_id", "correlation_id", "src_ip", "capture_id"] = "call_id"
+    call_key_separator: str = ""
+    call_key_field: int = 0
     # Compressed payloads (chunk 0x0010) on this destination's copies: as received ("keep"),
     # inflated into a plain payload chunk 0x000f ("inflate"), or plain payloads compressed
     # into 0x0010 with zlib ("compress").
     payload: Literal["keep", "inflate", "compress"] = "keep"
+
+
+# --- issue 14 A: SIP header and correlation-id field conditions (match.sip_header,
+# match.correlation_id_field): a table or a list of tables, AND across them.
+class HeaderMatch(_Base):
+    name: str                       # header name, any case; compact forms are the same header
+    value: StrList = None           # exact values or globs; any occurrence of the header matching
+
+
+class FieldMatch(_Base):
+    separator: str                  # one ASCII character, e.g. "@"
+    field: int                      # 0-based field index; negative counts from the end (-1 last)
+    value: StrList = None           # exact values or globs for that field
+
+
+HeaderMatches = Union[HeaderMatch, list[HeaderMatch], None]
+FieldMatches = Union[FieldMatch, list[FieldMatch], None]
+CALL_KEYS = ("call_id", "correlation_id", "src_ip", "capture_id")
 
 
 class Match(_Base):
@@ -161,6 +186,11 @@ class Match(_Base):
     sip_to_user: StrList = None
     sip_ruri_user: StrList = None
     sip_ruri_domain: StrList = None
+    # issue 14 A (keep in the order of hepfast.constants.KEY_NAMES)
+    sip_cseq_method: StrList = None
+    sip_user_agent: StrList = None
+    sip_header: HeaderMatches = None
+    correlation_id_field: FieldMatches = None
 
 
 # In the order of the data plane's key enumeration (hepfast/plan/, ext/plan/matcher.pxd).

@@ -20,6 +20,7 @@ from hepfast.config.values import (
     _int,
     as_list,
     parse_cidr,
+    parse_glob,
     parse_hostport,
     parse_ip_proto,
     parse_proto_type,
@@ -128,6 +129,7 @@ def validate(cfg: Config, *, implemented: bool = False) -> None:
                                                      "strip_auth_key (remove it), not both")
         _check_stream_keys(p, d)
         _check_store_keys(p, d)
+        _check_call_key(p, d)
         if d.transport in NETWORK_TRANSPORTS:
             if not d.targets:
                 raise ConfigError(f"{p}.targets", f"a {d.transport} destination needs at least "
@@ -379,9 +381,87 @@ def _validate_match(p: str, m: Match, listeners: dict[str, int]) -> None:
     for path, v in each("sip_status"):
         _check(path, parse_sip_status, v)
     for key in ("node_name", "correlation_id", "sip_method", "sip_call_id", "sip_from_user",
-                "sip_to_user", "sip_ruri_user", "sip_ruri_domain"):
+                "sip_to_user", "sip_ruri_user", "sip_ruri_domain", "sip_cseq_method",
+                "sip_user_agent"):
         for path, v in each(key):
-            if not isinstance(v, str):
-                raise ConfigError(path, f"expected a string, got {v!r}")
-            if key == "sip_method" and not re.fullmatch(r"[A-Za-z]+", v):
-                raise ConfigError(path, f"bad SIP method {v!r}: letters only, e.g. \"INVITE\"")
+            _check_string_value(path, key, v)
+    _validate_conds(p, m)
+
+
+# --- issue 14 A: globs, sip_header, correlation_id_field, call keys -----------------------------
+
+def _check_string_value(path: str, key: str, v) -> None:
+    """A string match value: exact or a glob (hepfast.config.values.parse_glob)."""
+    from hepfast.constants import MAX_PATTERN_LEN
+
+    if not isinstance(v, str):
+        raise ConfigError(path, f"expected a string, got {v!r}")
+    if key in ("sip_method", "sip_cseq_method") and not re.fullmatch(r"[A-Za-z*?]+", v):
+        raise ConfigError(path, f"bad SIP method {v!r}: letters only (and the globs * ?), "
+                                f"e.g. \"INVITE\"")
+    _check(path, parse_glob, v, MAX_PATTERN_LEN)
+
+
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
+
+
+def _validate_conds(p: str, m: Match) -> None:
+    from hepfast.constants import MAX_HEADER_NAME, MAX_KEY_FIELD
+
+    for key in ("sip_header", "correlation_id_field"):
+        v = getattr(m, key)
+        if v is None:
+            continue
+        tables = as_list(v)
+        if not tables:
+            raise ConfigError(f"{p}.{key}", "an empty list matches nothing: remove the key to "
+                                            "match every packet")
+        for j, t in enumerate(tables):
+            tp = f"{p}.{key}[{j}]" if isinstance(v, list) else f"{p}.{key}"
+            if key == "sip_header":
+                name = t.name.strip()
+                if not _HEADER_NAME_RE.fullmatch(name) or len(name) > MAX_HEADER_NAME:
+                    raise ConfigError(f"{tp}.name", f"bad header name {t.name!r}: a SIP token "
+                                                    f"(letters, digits, - . ! % * _ + ` ' ~) of "
+                                                    f"at most {MAX_HEADER_NAME} characters")
+            else:
+                if len(t.separator) != 1 or not 0 < ord(t.separator) < 0x80:
+                    raise ConfigError(f"{tp}.separator", f"{t.separator!r}: one ASCII "
+                                                         f"character, e.g. \"@\"")
+                if not -MAX_KEY_FIELD <= t.field < MAX_KEY_FIELD:
+                    raise ConfigError(f"{tp}.field", f"field index {t.field} is out of range "
+                                                     f"{-MAX_KEY_FIELD}..{MAX_KEY_FIELD - 1} "
+                                                     f"(0 is the first field, -1 the last)")
+            vals = as_list(t.value)
+            if not vals:
+                raise ConfigError(f"{tp}.value", "needs one value or more (\"*\": any "
+                                                 "non-empty value)")
+            for i, x in enumerate(vals):
+                _check_string_value(f"{tp}.value[{i}]" if isinstance(t.value, list)
+                                    else f"{tp}.value", key, x)
+
+
+def _check_call_key(p: str, d: Destination) -> None:
+    """Destination.call_key*: meaningful for mode = "hash" only; the split for string keys."""
+    from hepfast.constants import MAX_KEY_FIELD
+
+    custom = (d.call_key, d.call_key_separator, d.call_key_field) != ("call_id", "", 0)
+    if custom and d.mode != "hash":
+        key = next(k for k in ("call_key", "call_key_separator", "call_key_field")
+                   if getattr(d, k) != getattr(_DEST_DEFAULTS, k))
+        raise ConfigError(f"{p}.{key}", f"the call key chooses a target in mode = \"hash\" "
+                                        f"only, not {d.mode}; remove it")
+    sep = d.call_key_separator
+    if sep and (len(sep) != 1 or not 0 < ord(sep) < 0x80):
+        raise ConfigError(f"{p}.call_key_separator", f"{sep!r}: one ASCII character, e.g. "
+                                                     f"\"@\"")
+    if sep and d.call_key in ("src_ip", "capture_id"):
+        raise ConfigError(f"{p}.call_key_separator", f"call_key = \"{d.call_key}\" is not a "
+                                                     f"string: it has no fields to split")
+    if d.call_key_field and not sep:
+        raise ConfigError(f"{p}.call_key_field", "a field needs call_key_separator (e.g. "
+                                                 "\"@\")")
+    if not -MAX_KEY_FIELD <= d.call_key_field < MAX_KEY_FIELD:
+        raise ConfigError(f"{p}.call_key_field", f"field index {d.call_key_field} is out of "
+                                                 f"range {-MAX_KEY_FIELD}..{MAX_KEY_FIELD - 1} "
+                                                 f"(0 is the first field, -1 the last)")

@@ -135,3 +135,46 @@ def parse_sip_status(v: Any) -> tuple[int, int]:
         return parse_range(v, 100, 699, "SIP status")
     except ValueError as exc:
         raise ValueError(f"{exc} (write 200, \"4xx\" or \"480-489\")") from None
+
+
+# --- issue 14 A: string patterns -----------------------------------------------------------------
+from hepfast.constants import GLOB_ANY, GLOB_STAR  # noqa: E402
+
+
+def parse_glob(s: str, max_len: int = 128) -> tuple[bytes | None, tuple[int, ...] | None]:
+    """A string match value: (exact bytes, None) when it has no wildcard, else (None, tokens).
+
+    `*` is any run of bytes (also none), `?` exactly one byte; `\\*`, `\\?` and `\\\\` are a
+    literal star, question mark and backslash (in TOML: '\\*' in a literal string or "\\\\*" in
+    a basic one); any other backslash is an error. Tokens: byte values 0..255 for literals,
+    GLOB_ANY, GLOB_STAR (runs of stars collapsed). Patterns compare bytes (UTF-8)."""
+    if not isinstance(s, str):
+        raise ValueError(f"expected a string, got {s!r}")
+    raw = s.encode()
+    toks: list[int] = []
+    wild = False
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == 0x5C:                                   # backslash
+            if i + 1 >= len(raw) or raw[i + 1] not in b"*?\\":
+                raise ValueError(f"bad glob {s!r}: a backslash escapes only *, ? and "
+                                 f"\\ (write \\\\ for a backslash)")
+            toks.append(raw[i + 1])
+            i += 2
+            continue
+        if c == 0x2A:
+            wild = True
+            if not toks or toks[-1] != GLOB_STAR:
+                toks.append(GLOB_STAR)
+        elif c == 0x3F:
+            wild = True
+            toks.append(GLOB_ANY)
+        else:
+            toks.append(c)
+        i += 1
+    if not wild:
+        return bytes(toks), None
+    if len(raw) > max_len:
+        raise ValueError(f"glob {s!r} is {len(raw)} bytes long; at most {max_len}")
+    return None, tuple(toks)

@@ -9,7 +9,8 @@ with the destination's Egress kind (hepfast.egress.base.EGRESS_KINDS).
 What a record is: one packet for this destination, exactly as the rule made it (one record per
 packet even when the destination has several targets: the egress process applies the
 destination's mode among its targets, since it knows their health). The record's meta is the
-low 32 bits of the call key's hash when the mode is "hash" (rendezvous over the targets that are
+low 32 bits of the hash of the destination's call key (Destination.call_key: the worker computes
+it) when the mode is "hash" (rendezvous over the targets that are
 up keeps a call together), else 0. The workers counted the copies as the mode makes them ("all":
 one per target) in OFF_QUEUED of the destination's first target slot.
 

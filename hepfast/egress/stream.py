@@ -5,7 +5,8 @@ A stream is the packets themselves, back to back (HEPv3 is self-delimiting; hep-
 section 4); TLS is the standard library's `ssl` around the same bytes. Everything runs in the
 egress loop's one thread on non-blocking sockets, so nothing here ever blocks the rings:
 - Routing (per record, the destination's mode among the targets that are connected): hash is
-  rendezvous of the record's meta (low 32 bits of the call key's hash) with each target's seed,
+  rendezvous of the record's meta (low 32 bits of the hash of the destination's call key,
+  Destination.call_key, computed by the worker) with each target's seed,
   failover the first connected target, roundrobin the next connected one, all every target.
   With no target connected, hash takes the best-ranked target overall, failover the first,
   roundrobin any: the records wait there (queue, spool) rather than being lost at once.

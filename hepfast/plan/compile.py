@@ -29,9 +29,12 @@ from hepfast.config import (
     parse_range,
     parse_sip_status,
 )
+from hepfast.config.values import parse_glob
 from hepfast.plan.tables import (
     CAPTURE_ID,
+    CALL_KEY,
     CIDR_KEYS,
+    COND_KEYS,
     CONTINUE,
     DROP,
     DST_PORT,
@@ -47,10 +50,13 @@ from hepfast.plan.tables import (
     NEEDS_SIP,
     NKEYS,
     PROTO_TYPE,
+    SIP_HEADER,
     SIP_KEYS,
     SIP_STATUS,
+    SIP_WANT_OF,
     SRC_PORT,
     cidr_row,
+    fold_tokens,
     hash_str,
     sample_threshold,
 )
@@ -103,6 +109,11 @@ class DestInfo(NamedTuple):
     strip_auth_key: bool = False    # remove it
     ring_bytes: int = 0             # ring-fed: bytes of each worker's ring
     settings: tuple = ()            # ring-fed: (key, value) pairs for the egress kind
+    # mode = "hash": what the target choice keys on (issue 14 A; constants.CALL_KEY), and the
+    # field split (separator byte, 0: none; field index, negative from the end)
+    call_key: int = 0
+    call_key_sep: int = 0
+    call_key_field: int = 0
 
 
 class ListenerInfo(NamedTuple):
@@ -138,6 +149,15 @@ class Compiled:
     skip_start: np.ndarray
     skip_count: np.ndarray
     sample: np.ndarray
+    # issue 14 A: glob patterns and table-valued keys (hepfast.plan.tables)
+    pat_start: np.ndarray
+    pat_count: np.ndarray
+    pat_off: np.ndarray
+    pat_len: np.ndarray
+    pat_blob: np.ndarray
+    conds: np.ndarray
+    cond_blob: np.ndarray
+    sip_want: int               # SIP_WANT bits: the headers some rule needs scanned
     needs_sip: bool             # some rule has a sip_* key
     needs_call_key: bool        # some rule samples
     destinations: tuple[DestInfo, ...]
@@ -238,6 +258,33 @@ def check_limits(cfg: Config) -> None:
         if nkeys > K.MAX_SKIP:
             raise ConfigError(f"rules[{r}].delete", f"sets and deletes {nkeys} chunk keys; "
                                                     f"at most {K.MAX_SKIP}")
+    _check_pattern_limits(cfg)
+
+
+def _check_pattern_limits(cfg: Config) -> None:
+    """issue 14 A: globs in the whole config, conditions per rule (lengths: validate)."""
+    npat = 0
+    for r, rule in enumerate(cfg.rules):
+        for kname in ("sip_header", "correlation_id_field"):
+            tables = as_list(getattr(rule.match, kname))
+            if len(tables) > K.MAX_CONDS:
+                raise ConfigError(f"rules[{r}].match.{kname}", f"{len(tables)} tables; at most "
+                                                               f"{K.MAX_CONDS} per rule")
+        for kname in KEY_NAMES:
+            v = getattr(rule.match, kname)
+            if kname in ("sip_header", "correlation_id_field"):
+                vals = [x for t in as_list(v) for x in as_list(t.value)]
+            elif kname in _STRING_KEY_NAMES:
+                vals = as_list(v)
+            else:
+                continue
+            for x in vals:
+                if isinstance(x, str) and parse_glob(x, 1 << 30)[1] is not None:
+                    npat += 1
+                    if npat > K.MAX_PATTERNS:
+                        raise ConfigError(f"rules[{r}].match.{kname}",
+                                          f"too many glob patterns: this version supports at "
+                                          f"most {K.MAX_PATTERNS} in one config")
 
 
 def _dsn_label(dsn: str | None, env: str | None) -> str:
@@ -282,7 +329,8 @@ def compile_config(cfg: Config) -> Compiled:
         dests.append(DestInfo(name, d.mode, d.hep_version, d.transport, tuple(targets),
                               d.path, d.dsn, "ring" if ring else "udp",
                               d.auth_key.encode(), d.strip_auth_key,
-                              d.ring_bytes if ring else 0, settings))
+                              d.ring_bytes if ring else 0, settings,
+                              *_call_key(d)))
     dest_idx = {d.name: i for i, d in enumerate(dests)}
     listeners = []
     for i, lst in enumerate(cfg.listeners):
@@ -316,6 +364,7 @@ def compile_config(cfg: Config) -> Compiled:
     fwd: list[int] = []
     blob = bytearray()
     skip: list[int] = []
+    pats = _Patterns(R)
 
     for r, rule in enumerate(cfg.rules):
         m = rule.match
@@ -330,6 +379,19 @@ def compile_config(cfg: Config) -> Compiled:
                     net = parse_cidr(v)
                     cidrs.append(cidr_row(net))
                     cidr_fam.append(net.version)
+            elif k in COND_KEYS:
+                key_start[r, k] = len(pats.conds)
+                key_count[r, k] = len(vals)
+                pats.add_conds(k, vals, ranges)
+                if k in SIP_KEYS:
+                    flags[r] |= NEEDS_SIP
+                continue
+            elif k in HASH_KEYS:
+                key_start[r, k] = len(ranges)
+                pats.add_strings(r, k, vals, ranges)
+                if k in SIP_KEYS:
+                    flags[r] |= NEEDS_SIP
+                    pats.sip_want |= SIP_WANT_OF.get(k, 0)
             else:
                 key_start[r, k] = len(ranges)
                 ranges.extend(_value_ranges(k, vals, lst_idx))
@@ -373,6 +435,7 @@ def compile_config(cfg: Config) -> Compiled:
         set_off=_ro(set_off), set_len=_ro(set_len),
         skip=_ro(np.array(skip, dtype=np.uint32)), skip_start=_ro(skip_start),
         skip_count=_ro(skip_count), sample=_ro(sample),
+        **pats.arrays(),
         needs_sip=bool(np.any(flags & NEEDS_SIP)),
         needs_call_key=bool(np.any(flags & HAS_SAMPLE)),
         destinations=tuple(dests), default_dest=default, listeners=tuple(listeners),
@@ -450,12 +513,76 @@ def _value_ranges(k: int, vals: list, lst_idx: Mapping[str, int]) -> list[tuple[
             out.append(parse_range(v, 0, 0xFFFFFFFF, "capture id"))
         elif k == SIP_STATUS:
             out.append(parse_sip_status(v))
-        elif k in HASH_KEYS:
-            h = hash_str(k, v.encode())
-            out.append((h, h))
         else:  # pragma: no cover - every key is handled above
             raise AssertionError(k)
     return out
+
+
+# ---------------------------------------------------------------- patterns, call keys (issue 14 A)
+
+class _Patterns:
+    """Builds the pattern and condition tables of hepfast.plan.tables while rules compile."""
+
+    def __init__(self, nrules: int):
+        self.pat_start = np.zeros((nrules, NKEYS), np.int32)
+        self.pat_count = np.zeros((nrules, NKEYS), np.int32)
+        self.off: list[int] = []
+        self.len: list[int] = []
+        self.blob: list[int] = []
+        self.conds: list[tuple[int, ...]] = []
+        self.cond_blob = bytearray()
+        self.sip_want = 0
+
+    def _values(self, k: int, vals: list, ranges: list) -> tuple[int, int, int, int]:
+        """Exact values of key k into ranges (hashes), globs into the pattern table: (range
+        start, count, pattern start, count)."""
+        rs, ps = len(ranges), len(self.off)
+        for v in vals:
+            exact, toks = parse_glob(v, K.MAX_PATTERN_LEN)
+            if toks is None:
+                h = hash_str(k, exact)
+                ranges.append((h, h))
+            else:
+                toks = fold_tokens(k, toks)
+                self.off.append(len(self.blob))
+                self.len.append(len(toks))
+                self.blob.extend(toks)
+        return rs, len(ranges) - rs, ps, len(self.off) - ps
+
+    def add_strings(self, r: int, k: int, vals: list, ranges: list) -> None:
+        rs, rn, ps, pn = self._values(k, vals, ranges)
+        self.pat_start[r, k], self.pat_count[r, k] = ps, pn
+
+    def add_conds(self, k: int, tables: list, ranges: list) -> None:
+        from hepfast.wire.sip import COMPACT, COMPACT_OF
+
+        for t in tables:
+            if k == SIP_HEADER:
+                name = t.name.strip().lower().encode()
+                name = COMPACT.get(name, name)
+                a, b, c = len(self.cond_blob), len(name), COMPACT_OF.get(name, b"\0")[0]
+                self.cond_blob += name
+            else:
+                a, b, c = ord(t.separator), t.field, 0
+            self.conds.append((a, b, c, *self._values(k, as_list(t.value), ranges)))
+
+    def arrays(self) -> dict:
+        return dict(
+            pat_start=_ro(self.pat_start), pat_count=_ro(self.pat_count),
+            pat_off=_ro(np.array(self.off, np.int32)), pat_len=_ro(np.array(self.len, np.int32)),
+            pat_blob=_ro(np.array(self.blob, np.uint16)),
+            conds=_ro(np.array(self.conds, np.int32).reshape(len(self.conds), 7)),
+            cond_blob=_ro(np.frombuffer(bytes(self.cond_blob), np.uint8).copy()),
+            sip_want=self.sip_want)
+
+
+_STRING_KEY_NAMES = frozenset(KEY_NAMES[k] for k in HASH_KEYS)
+
+
+def _call_key(d) -> tuple[int, int, int]:
+    """(constants.CALL_KEY index, separator byte or 0, field) of a destination."""
+    sep = ord(d.call_key_separator) if d.call_key_separator else 0
+    return CALL_KEY[d.call_key], sep, d.call_key_field if sep else 0
 
 
 def compile_text(text: str, source: str = "<config>") -> Compiled:

@@ -31,9 +31,15 @@ def describe(c: Compiled) -> str:
         where = ", ".join(_hp(t.host, t.port) + ("" if t.configured == _hp(t.host, t.port)
                                                   else f" ({t.configured})")
                           for t in d.targets) or (d.path or d.dsn or "")
+        ck = ""
+        if d.mode == "hash" and (d.call_key, d.call_key_sep) != (0, 0):
+            from hepfast.constants import CALL_KEY_NAMES
+
+            ck = f" by {CALL_KEY_NAMES[d.call_key]}" + (
+                f" field {d.call_key_field} of {chr(d.call_key_sep)!r}" if d.call_key_sep else "")
         payload = cfg.destinations[d.name].payload
-        lines.append(f"  [{i}] {d.name}: {d.transport} {d.mode} HEPv{d.hep_version} -> {where}"
-                     + (f" (payload {payload})" if payload != "keep" else ""))
+        lines.append(f"  [{i}] {d.name}: {d.transport} {d.mode}{ck} HEPv{d.hep_version} -> "
+                     f"{where}" + (f" (payload {payload})" if payload != "keep" else ""))
     lines.append(f"rules ({c.nrules}, first match wins unless continue):")
     for r, rule in enumerate(cfg.rules):
         f = int(c.flags[r])
@@ -41,7 +47,14 @@ def describe(c: Compiled) -> str:
         for k, kname in enumerate(KEY_NAMES):
             if int(c.key_mask[r]) & (1 << k):
                 vals = as_list(getattr(rule.match, kname))
-                conds.append(f"{kname} in [{', '.join(str(v) for v in vals)}]")
+                if kname == "sip_header":       # tables: one condition each (AND)
+                    conds.extend(f"header {t.name} in [{', '.join(as_list(t.value))}]"
+                                 for t in vals)
+                elif kname == "correlation_id_field":
+                    conds.extend(f"correlation_id field {t.field} (split at {t.separator!r}) in "
+                                 f"[{', '.join(as_list(t.value))}]" for t in vals)
+                else:
+                    conds.append(f"{kname} in [{', '.join(str(v) for v in vals)}]")
         what = " and ".join(conds) if conds else "every packet"
         lines.append(f"  [{r}] {rule.name}: {what}")
         acts = []

@@ -97,6 +97,7 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
             egress_slot=slots["egress"].get(d.name, -1), ring_bytes=d.ring_bytes,
             auth_key=bytes(d.auth_key), strip_auth_key=d.strip_auth_key,
             settings=dict(d.settings), targets=targets,
+            call_key=d.call_key, call_key_sep=d.call_key_sep, call_key_field=d.call_key_field,
             payload=K.PAYLOAD[cfg.destinations[d.name].payload]))
     header = dict(
         generation=generation, digest=c.digest, source=source, batch=c.batch,
@@ -105,8 +106,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
         drain_timeout=cfg.switch.drain_timeout, default_dest=c.default_dest,
         needs_sip=c.needs_sip, needs_call_key=c.needs_call_key, nrules=c.nrules,
         rule_names=list(c.rule_names), rule_slots=list(slots["rules"]), listeners=listeners,
-        destinations=dests, needs_inflate=c.needs_inflate, dedup_expire_ms=c.dedup_expire_ms,
-        call_idle_ms=int(cfg.switch.call_idle_timeout * 1000))
+        destinations=dests, sip_want=c.sip_want, needs_inflate=c.needs_inflate,
+        dedup_expire_ms=c.dedup_expire_ms, call_idle_ms=int(cfg.switch.call_idle_timeout * 1000))
     return header, arrays
 
 

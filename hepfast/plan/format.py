@@ -30,6 +30,8 @@ _ALIGN = 64
 RULE_ARRAYS = ("key_mask", "key_start", "key_count", "ranges", "cidrs", "cidr_fam", "flags",
                "fwd_start", "fwd_count", "fwd", "set_blob", "set_off", "set_len", "skip",
                "skip_start", "skip_count", "sample")
+# issue 14 A: globs and table-valued match keys
+RULE_ARRAYS += ("pat_start", "pat_count", "pat_off", "pat_len", "pat_blob", "conds", "cond_blob")
 # The rules' guards (dedup window, rate limits: hepfast.plan.tables), bound by the worker.
 GUARD_ARRAYS = ("dedup_ms", "rate")
 
@@ -57,6 +59,10 @@ class PlanDestination(msgspec.Struct, frozen=True):
     settings: dict[str, Any]
     targets: list[PlanTarget]
     payload: int = 0        # constants.PAYLOAD: keep, inflate, compress
+    # issue 14 A: mode = "hash" call key (constants.CALL_KEY), separator byte (0: none), field
+    call_key: int = 0
+    call_key_sep: int = 0
+    call_key_field: int = 0
 
 
 class PlanListener(msgspec.Struct, frozen=True):
@@ -105,6 +111,7 @@ class PlanHeader(msgspec.Struct, frozen=True):
     needs_inflate: bool = False
     dedup_expire_ms: int = 0
     call_idle_ms: int = 300000
+    sip_want: int = 0           # issue 14 A: SIP_WANT bits, the headers the scanner looks for
 
 
 def write_plan(path: str, header: dict, arrays: dict[str, np.ndarray]) -> None:

@@ -3,16 +3,25 @@
 module docstring of hepfast.plan.tables."""
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from hepfast.plan.compile import Compiled
 from hepfast.plan.tables import (
     CAPTURE_ID,
+    CALL_KEY,
     CIDR_KEYS,
+    COND_KEYS,
     CONTINUE,
     CORRELATION_ID,
+    CORRELATION_ID_FIELD,
+    FOLDED_KEYS,
+    GLOB_ANY,
+    GLOB_STAR,
+    HASH_KEYS,
     DROP,
     DST_IP,
     DST_PORT,
@@ -25,6 +34,7 @@ from hepfast.plan.tables import (
     NODE_NAME,
     PROTO_TYPE,
     SIP_FIELD,
+    SIP_HEADER,
     SIP_STATUS,
     SRC_IP,
     SRC_PORT,
@@ -66,9 +76,9 @@ def _key_value(k: int, pkt, listener_idx: int, sip) -> Any:
     if k == CAPTURE_ID:
         return pkt.capture_id
     if k == NODE_NAME:
-        return None if pkt.node_name_raw is None else hash_str(k, pkt.node_name_raw)
+        return pkt.node_name_raw
     if k == CORRELATION_ID:
-        return None if pkt.correlation_id_raw is None else hash_str(k, pkt.correlation_id_raw)
+        return pkt.correlation_id_raw
     v = _sip_get(sip, SIP_FIELD[k])
     if k == SIP_STATUS:
         return int(v) if v else None
@@ -76,7 +86,7 @@ def _key_value(k: int, pkt, listener_idx: int, sip) -> Any:
         return None
     if isinstance(v, str):
         v = v.encode()
-    return hash_str(k, bytes(v))
+    return bytes(v)
 
 
 def rule_matches(c: Compiled, r: int, pkt, listener_idx: int, sip=None) -> bool:
@@ -84,6 +94,11 @@ def rule_matches(c: Compiled, r: int, pkt, listener_idx: int, sip=None) -> bool:
     mask = int(c.key_mask[r])
     for k in range(NKEYS):
         if not mask & (1 << k):
+            continue
+        if k in COND_KEYS:
+            s, n = int(c.key_start[r, k]), int(c.key_count[r, k])
+            if not all(_cond_matches(c, k, c.conds[i], pkt, sip) for i in range(s, s + n)):
+                return False
             continue
         v = _key_value(k, pkt, listener_idx, sip)
         if v is None:
@@ -96,9 +111,93 @@ def rule_matches(c: Compiled, r: int, pkt, listener_idx: int, sip=None) -> bool:
                        and lo & int(c.cidrs[i, 3]) == int(c.cidrs[i, 1])
                        for i in range(s, s + n)):
                 return False
+        elif k in HASH_KEYS:
+            if not _in_value_set(c, k, v, s, n, int(c.pat_start[r, k]), int(c.pat_count[r, k])):
+                return False
         elif not any(int(c.ranges[i, 0]) <= v <= int(c.ranges[i, 1]) for i in range(s, s + n)):
             return False
     return True
+
+
+# ---------------------------------------------------------------- patterns (issue 14 A)
+# An independent reading of the same semantics: the pattern tokens become a regular expression
+# (the C matcher walks them segment by segment instead).
+
+@functools.lru_cache(maxsize=4096)
+def _glob_regex(toks: tuple[int, ...]) -> re.Pattern:
+    parts = [b".*" if t == GLOB_STAR else b"." if t == GLOB_ANY else re.escape(bytes([t]))
+             for t in toks]
+    return re.compile(b"".join(parts), re.DOTALL)
+
+
+def glob_match(toks: tuple[int, ...], value: bytes) -> bool:
+    """Whether a pattern's tokens (hepfast.config.values.parse_glob) match the whole value."""
+    return _glob_regex(tuple(toks)).fullmatch(value) is not None
+
+
+def _in_value_set(c: Compiled, k: int, v: bytes, rs: int, rn: int, ps: int, pn: int) -> bool:
+    """Exact hashes ranges[rs:rs+rn] or globs ps..ps+pn of key k (folded keys: lower case)."""
+    if k in FOLDED_KEYS:
+        v = v.lower()
+    h = hash_str(k, v)
+    if any(int(c.ranges[i, 0]) == h for i in range(rs, rs + rn)):
+        return True
+    for i in range(ps, ps + pn):
+        o, n = int(c.pat_off[i]), int(c.pat_len[i])
+        if glob_match(tuple(int(t) for t in c.pat_blob[o:o + n]), v):
+            return True
+    return False
+
+
+def select_field(value: bytes, sep: int, field: int) -> bytes | None:
+    """Field `field` (0-based; negative from the end) of value split at byte sep, or None when
+    it has fewer fields."""
+    parts = value.split(bytes([sep]))
+    if -len(parts) <= field < len(parts):
+        return parts[field]
+    return None
+
+
+def _cond_matches(c: Compiled, k: int, row, pkt, sip) -> bool:
+    a, b, cc, rs, rn, ps, pn = (int(x) for x in row)
+    if k == CORRELATION_ID_FIELD:
+        v = pkt.correlation_id_raw
+        v = None if v is None else select_field(v, a, b)
+        return v is not None and _in_value_set(c, k, v, rs, rn, ps, pn)
+    assert k == SIP_HEADER
+    if sip is None:
+        return False
+    from hepfast.wire.sip import header_values
+
+    name = c.cond_blob[a:a + b].tobytes()
+    return any(_in_value_set(c, k, v, rs, rn, ps, pn) for v in header_values(pkt.payload, name))
+
+
+def dest_key_hash(pkt, kind: int, sep: int = 0, field: int = 0) -> int:
+    """Twin of ext/plan/matcher.pxd dest_key: what mode = "hash" keys on for a destination with
+    call_key `kind` (constants.CALL_KEY) and the split (sep byte, 0: none; field)."""
+    from hepfast.wire.sip import call_id
+
+    v = None
+    if kind in (CALL_KEY["call_id"], CALL_KEY["correlation_id"]):
+        cid = call_id(pkt.payload) if (pkt.proto_type == 1 and pkt.payload
+                                       and not pkt.compressed) else None
+        corr = pkt.correlation_id_raw or None
+        v = (cid or corr) if kind == CALL_KEY["call_id"] else (corr or cid)
+        if v is not None and sep:
+            part = select_field(v, sep, field)
+            v = v if part is None else part         # too few fields: the whole value
+    elif kind == CALL_KEY["src_ip"]:
+        raw = pkt.src_addr
+        if raw is not None and pkt.family in (4, 6) and len(raw) == (4 if pkt.family == 4
+                                                                     else 16):
+            v = bytes(raw)
+    elif kind == CALL_KEY["capture_id"]:
+        if pkt.capture_id is not None:
+            v = int(pkt.capture_id).to_bytes(4, "big")
+    if v is None:
+        return _flow_hash(pkt)
+    return hash64(v)
 
 
 def sip_info_of(pkt) -> dict | None:
@@ -117,6 +216,11 @@ def sample_key_hash(pkt) -> int:
     key = pkt.call_key()
     if key:
         return hash64(key)
+    return _flow_hash(pkt)
+
+
+def _flow_hash(pkt) -> int:
+    """The hash of a packet's flow (addresses and ports): the key of a packet without one."""
     if pkt.family == 6:
         src, dst = pkt.chunk(0, 5) or bytes(16), pkt.chunk(0, 6) or bytes(16)
     else:

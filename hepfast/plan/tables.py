@@ -1,4 +1,4 @@
-"""Rule compilation: a validated `Config` into flat numpy tables for the data plane.
+r"""Rule compilation: a validated `Config` into flat numpy tables for the data plane.
 
 The Cython loop reads these tables through raw pointers (ext/plan/matcher.pxd: `rules_bind`,
 `rule_match`); `match_rules` below is the pure-Python evaluator over the same tables, the oracle the
@@ -28,6 +28,26 @@ Tables (R rules, K = NKEYS match keys; every array C-contiguous, read-only):
 - `skip` uint32 with `skip_start`, `skip_count` int32[R]: chunk keys (vendor << 16 | type) to
   leave out when rewriting: the deleted keys plus the keys of the set chunks (set replaces), sorted.
 - `sample` uint64[R]: with HAS_SAMPLE, a packet is kept when mix64(sample key) < sample[r].
+- Globs (issue 14 A). A string value with an unescaped `*` or `?` is a glob
+  (hepfast.config.values.parse_glob: `*` any run of bytes, `?` one byte, `\*` `\?` `\\`
+  literals); the others stay exact hashes in `ranges`. `pat_start`, `pat_count` int32[R, K]: the
+  globs of string key k of rule r are pat_off/pat_len rows i..i+n, each a slice of `pat_blob`
+  uint16 (tokens: a literal byte 0..255, GLOB_ANY, GLOB_STAR; no two stars in a row; literals
+  already lower case on folded keys). A string key matches when its value's hash is one of its
+  exact rows or one of its globs matches the whole value (ext/plan/matcher.pxd glob_match:
+  O(value length x longest segment), no allocation).
+- Table-valued keys sip_header and correlation_id_field: key_start/key_count index `conds`
+  int32[C, 7] rows (a, b, c, range start, range count, glob start, glob count), one per table,
+  AND across them. sip_header: a, b = the lower-case full header name in `cond_blob` uint8, c =
+  its compact letter (0: none); some occurrence of the header (full or compact name, any case)
+  with a non-empty value must be in the row's value set (values case-sensitive). The header
+  section is scanned only when such a rule is evaluated. correlation_id_field: a = separator
+  byte, b = field index (0-based, negative from the end); the correlation id's field must be in
+  the value set (a missing field does not match; an empty one is the value "").
+- `sip_want` (scalar): SIP_WANT bits, the headers some rule reads (Call-ID, From, To, CSeq,
+  User-Agent/Server); the scanner looks for no other (sip_scan_want).
+- sip_cseq_method (folded like sip_method) is the method of the CSeq header, so a response
+  matches by the request it answers; sip_user_agent is User-Agent, else Server.
 - Guards (HAS_GUARD; hepfast.dataplane.guard, ext/dataplane/hepguard.h): `dedup_ms` uint32[R],
   the rule's dedup window (0: off); `rate` uint64[R, 4]: the packet rate's GCRA emission
   interval and tolerance (ns; 0: no limit), then the call rate's. Listeners carry their own
@@ -50,7 +70,11 @@ within its window), "call_rate_limit" (a new call over rate_limit_calls, or a la
 call refused so) or "rate_limit" (over rate_limit), in that order, and stops, as a sampling rule
 does; a listener's dedup comes before every rule.
 
-Sampling keys on `sample_key_hash` (C: sample_key): the hash of HepPacket.call_key() (C:
+Destinations in mode = "hash" key on their call key (Destination.call_key, C dest_key, Python
+oracle.dest_key_hash): call_id (default) = sample_key; correlation_id = the correlation id, else
+the Call-ID; either optionally one field of it (call_key_separator, call_key_field; too few
+fields: the whole value); src_ip / capture_id = the hash of those chunks' bytes; without a key
+the flow. Sampling keys on `sample_key_hash` (C: sample_key): the hash of HepPacket.call_key() (C:
 call_key_hash), the SIP Call-ID for SIP packets, else the correlation-id chunk; a packet without
 a call key is sampled by its flow (addresses and ports), so a flow is kept or dropped whole. SIP summaries come from hepfast.wire.sip.sip_fields (`sip_info_of`); its text values
 are UTF-8 decoded with replacement, so the oracle differs from C only on non-UTF-8 SIP fields.
@@ -64,6 +88,8 @@ from hepfast.wire.hashing import hash64
 # Match keys, in table order, and rule flags: defined in hepfast/constants.py (the C side is
 # generated from there).
 from hepfast.constants import KEY, KEY_NAMES, NKEYS, RULE_FLAGS  # noqa: E402, F401
+from hepfast.constants import (  # noqa: E402, F401
+    CALL_KEY, CALL_KEY_NAMES, GLOB_ANY, GLOB_STAR, SIP_WANT)
 
 LISTENER = KEY["listener"]
 HEP_VERSION = KEY["hep_version"]
@@ -84,16 +110,29 @@ SIP_FROM_USER = KEY["sip_from_user"]
 SIP_TO_USER = KEY["sip_to_user"]
 SIP_RURI_USER = KEY["sip_ruri_user"]
 SIP_RURI_DOMAIN = KEY["sip_ruri_domain"]
+# issue 14 A
+SIP_CSEQ_METHOD = KEY["sip_cseq_method"]
+SIP_USER_AGENT = KEY["sip_user_agent"]
+SIP_HEADER = KEY["sip_header"]
+CORRELATION_ID_FIELD = KEY["correlation_id_field"]
 
 CIDR_KEYS = frozenset((SRC_IP, DST_IP))
+# String keys: exact values as hashes in `ranges`, globs in the pattern table.
 HASH_KEYS = frozenset((NODE_NAME, CORRELATION_ID, SIP_METHOD, SIP_CALL_ID, SIP_FROM_USER,
-                       SIP_TO_USER, SIP_RURI_USER, SIP_RURI_DOMAIN))
-FOLDED_KEYS = frozenset((SIP_METHOD, SIP_RURI_DOMAIN))
-SIP_KEYS = frozenset(range(SIP_METHOD, SIP_RURI_DOMAIN + 1))
-# The SIP summary field each SIP key reads (C: sip_info member of the same name).
+                       SIP_TO_USER, SIP_RURI_USER, SIP_RURI_DOMAIN, SIP_CSEQ_METHOD,
+                       SIP_USER_AGENT))
+FOLDED_KEYS = frozenset((SIP_METHOD, SIP_RURI_DOMAIN, SIP_CSEQ_METHOD))
+# Keys whose values are tables (`conds` rows), each with its own value set.
+COND_KEYS = frozenset((SIP_HEADER, CORRELATION_ID_FIELD))
+SIP_KEYS = frozenset(range(SIP_METHOD, SIP_RURI_DOMAIN + 1)) | {SIP_CSEQ_METHOD, SIP_USER_AGENT,
+                                                                SIP_HEADER}
 # The SIP summary field each SIP key reads: hepfast.wire.sip.sip_fields names (C: the sip_info
-# members without the "sip_" prefix).
-SIP_FIELD = {k: KEY_NAMES[k] for k in SIP_KEYS}
+# members without the "sip_" prefix). sip_header reads the header section itself.
+SIP_FIELD = {k: KEY_NAMES[k] for k in SIP_KEYS - {SIP_HEADER}}
+# The headers the scanner must look for when a rule uses a key (the plan's `sip_want`).
+SIP_WANT_OF = {SIP_CALL_ID: SIP_WANT["call_id"], SIP_FROM_USER: SIP_WANT["from"],
+               SIP_TO_USER: SIP_WANT["to"], SIP_CSEQ_METHOD: SIP_WANT["cseq"],
+               SIP_USER_AGENT: SIP_WANT["user_agent"]}
 
 # Rule flags.
 DROP = RULE_FLAGS["drop"]
@@ -111,6 +150,13 @@ _V4_MAPPED_LO = 0x0000FFFF00000000
 def hash_str(key: int, value: bytes) -> int:
     """The table hash of a string key's value (folded for case-insensitive keys)."""
     return hash64(value.lower() if key in FOLDED_KEYS else value)
+
+
+def fold_tokens(key: int, toks: tuple[int, ...]) -> tuple[int, ...]:
+    """A glob's tokens as stored for key (literals folded to lower case on folded keys)."""
+    if key not in FOLDED_KEYS:
+        return toks
+    return tuple(t | 0x20 if 0x41 <= t <= 0x5A else t for t in toks)
 
 
 def addr128(raw: bytes) -> tuple[int, int]:

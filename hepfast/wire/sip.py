@@ -14,18 +14,40 @@ a full SIP parser. Invariants:
 - Users and domains come from the URI: `<...>` when present (after a quoted display name), else up
   to the first `;`. Schemes sip/sips (user before `@`, cut at `:`; domain after it, up to `;`,
   `?` or `:`, or a bracketed IPv6 reference) and tel (user up to `;`, no domain). Empty = absent.
+- CSeq: the method is what follows the sequence number (`1*DIGIT 1*blank method`, up to the next
+  blank); another shape is absent. User agent: the User-Agent header, or when the message has
+  none the Server header (responses usually carry Server).
+- `header_values` (the sip_header key) reads every occurrence of one header, by full or compact
+  name (COMPACT), each value trimmed as above; empty values are left out.
 Text values are decoded as UTF-8 with errors="replace".
 """
 from __future__ import annotations
+
+from hepfast.constants import SIP_WANT
 
 _TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _BLANK = (0x20, 0x09)
 
 FIELDS = ("sip_method", "sip_status", "sip_call_id", "sip_from_user", "sip_to_user",
-          "sip_ruri_user", "sip_ruri_domain")
+          "sip_ruri_user", "sip_ruri_domain", "sip_cseq_method", "sip_user_agent")
 
-# Header names -> which field (the compact forms are RFC 3261 section 7.3.3).
-_HEADERS = {b"call-id": 0, b"i": 0, b"from": 1, b"f": 1, b"to": 2, b"t": 2}
+# Header names -> which slot (the compact forms are RFC 3261 section 7.3.3): Call-ID, From, To,
+# CSeq, User-Agent, Server.
+_HEADERS = {b"call-id": 0, b"i": 0, b"from": 1, b"f": 1, b"to": 2, b"t": 2, b"cseq": 3,
+            b"user-agent": 4, b"server": 5}
+# sip_header names: compact form -> full name, and back (RFC 3261 7.3.3 and the registered
+# compact forms of later RFCs), all lower case.
+COMPACT = {b"i": b"call-id", b"f": b"from", b"t": b"to", b"m": b"contact", b"v": b"via",
+           b"l": b"content-length", b"c": b"content-type", b"k": b"supported", b"s": b"subject",
+           b"e": b"content-encoding", b"o": b"event", b"u": b"allow-events", b"r": b"refer-to",
+           b"b": b"referred-by", b"x": b"session-expires", b"a": b"accept-contact",
+           b"j": b"reject-contact", b"d": b"request-disposition", b"y": b"identity",
+           b"n": b"identity-info"}
+COMPACT_OF = {full: short for short, full in COMPACT.items()}
+# want bits (hepfast.constants.SIP_WANT, the plan's sip_want) -> the slots of _scan_headers
+_WANT_SLOTS = ((SIP_WANT["call_id"], (0,)), (SIP_WANT["from"], (1,)), (SIP_WANT["to"], (2,)),
+               (SIP_WANT["cseq"], (3,)), (SIP_WANT["user_agent"], (4, 5)))
+WANT_ALL = sum(SIP_WANT.values())
 
 
 def _line_end(p: bytes, pos: int, n: int) -> tuple[int, int]:
@@ -126,16 +148,16 @@ def _name_addr_user(p: bytes, s: int, e: int) -> tuple[int, int]:
     return u[0], u[1]
 
 
-def _scan_headers(p: bytes, pos: int, n: int, want: int) -> list[tuple[int, int] | None]:
-    """Value windows of Call-ID, From, To (index 0, 1, 2) in the header section from pos; `want`
-    is how many of the three to look for (1: Call-ID only, stop once found)."""
-    found: list[tuple[int, int] | None] = [None, None, None]
-    left = want
-    while pos < n and left:
+def _next_header(p: bytes, pos: int, n: int) -> tuple[int, tuple[int, int, int, int] | None]:
+    """(position after the line, (name start, name end, value start, value end)) of the next
+    header line from pos, or (pos, None) at the empty line / the end. Folded continuation lines
+    and lines without a colon are skipped; the name loses blanks before the colon, the value is
+    trimmed of SP/HTAB. Twin of sipscan.pxd sip_next_header."""
+    while pos < n:
         a = pos
         b, pos = _line_end(p, a, n)
         if b == a:
-            break                              # the empty line: end of headers
+            return pos, None                   # the empty line: end of headers
         if p[a] in _BLANK:
             continue                           # folded continuation line
         colon = _find(p, a, b, b":")
@@ -144,17 +166,74 @@ def _scan_headers(p: bytes, pos: int, n: int, want: int) -> list[tuple[int, int]
         ne = colon
         while ne > a and p[ne - 1] in _BLANK:
             ne -= 1
-        idx = _HEADERS.get(p[a:ne].lower()) if ne - a <= 7 else None
-        if idx is None or idx >= want or found[idx] is not None:
-            continue
         vs, ve = colon + 1, b
         while vs < ve and p[vs] in _BLANK:
             vs += 1
         while ve > vs and p[ve - 1] in _BLANK:
             ve -= 1
+        return pos, (a, ne, vs, ve)
+    return pos, None
+
+
+def _scan_headers(p: bytes, pos: int, n: int, want: int) -> list[tuple[int, int] | None]:
+    """Value windows of Call-ID, From, To, CSeq, User-Agent, Server (slots 0..5) in the header
+    section from pos, for the SIP_WANT bits in `want` (User-Agent brings Server); stops once
+    every wanted slot but Server is found."""
+    found: list[tuple[int, int] | None] = [None] * 6
+    slots = {i for bit, idx in _WANT_SLOTS if want & bit for i in idx}
+    need = slots - {5}
+    while need:
+        pos, h = _next_header(p, pos, n)
+        if h is None:
+            break
+        a, ne, vs, ve = h
+        idx = _HEADERS.get(p[a:ne].lower()) if ne - a <= 10 else None
+        if idx is None or idx not in slots or found[idx] is not None:
+            continue
         found[idx] = (vs, ve)
-        left -= 1
+        need.discard(idx)
     return found
+
+
+def _cseq_method(p: bytes, s: int, e: int) -> tuple[int, int]:
+    """Method window of a CSeq value [s, e) (`1*DIGIT 1*blank method`), (0, 0) otherwise."""
+    i = s
+    while i < e and 0x30 <= p[i] <= 0x39:
+        i += 1
+    if i == s or i >= e or p[i] not in _BLANK:
+        return 0, 0
+    while i < e and p[i] in _BLANK:
+        i += 1
+    ms = i
+    while i < e and p[i] not in _BLANK:
+        i += 1
+    return ms, i
+
+
+def header_values(payload, name: bytes) -> list[bytes]:
+    """Every value of the header `name` (lower case, full form; its compact form counts too) in
+    a SIP payload's header section, in order, empty values left out; [] when not SIP. What the
+    sip_header match key reads (ext/plan/matcher.pxd _header_match)."""
+    try:
+        p = bytes(payload)
+    except TypeError:
+        return []
+    n = len(p)
+    if n == 0:
+        return []
+    b, pos = _line_end(p, 0, n)
+    if _start_line(p, 0, b)[0] == 0:
+        return []
+    short = COMPACT_OF.get(name)
+    out = []
+    while True:
+        pos, h = _next_header(p, pos, n)
+        if h is None:
+            return out
+        a, ne, vs, ve = h
+        hn = p[a:ne].lower()
+        if (hn == name or (short is not None and hn == short)) and ve > vs:
+            out.append(p[vs:ve])
 
 
 def _text(p: bytes, s: int, e: int) -> str | None:
@@ -182,13 +261,19 @@ def sip_fields(payload) -> dict:
         ru = _uri(p, us, ue)
         out["sip_ruri_user"] = _text(p, ru[0], ru[1])
         out["sip_ruri_domain"] = _text(p, ru[2], ru[3])
-    cid, frm, to = _scan_headers(p, nxt, n, 3)
+    cid, frm, to, cseq, ua, server = _scan_headers(p, nxt, n, WANT_ALL)
     if cid is not None:
         out["sip_call_id"] = _text(p, *cid)
     if frm is not None:
         out["sip_from_user"] = _text(p, *_name_addr_user(p, *frm))
     if to is not None:
         out["sip_to_user"] = _text(p, *_name_addr_user(p, *to))
+    if cseq is not None:
+        out["sip_cseq_method"] = _text(p, *_cseq_method(p, *cseq))
+    if ua is not None:
+        out["sip_user_agent"] = _text(p, *ua)
+    elif server is not None:
+        out["sip_user_agent"] = _text(p, *server)
     return out
 
 
@@ -214,7 +299,7 @@ def call_id(payload) -> bytes | None:
     if n == 0:
         return None
     _b, nxt = _line_end(p, 0, n)
-    w = _scan_headers(p, nxt, n, 1)[0]
+    w = _scan_headers(p, nxt, n, SIP_WANT["call_id"])[0]
     if w is None or w[1] <= w[0]:
         return None
     return p[w[0]:w[1]]
