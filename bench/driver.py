@@ -137,8 +137,10 @@ def stop_sink(p: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-# Subjects with listener dedup (run on a corpus of distinct messages, see above).
+# Subjects with listener dedup (run on a corpus of distinct messages, see above), and the size
+# of their table (--dedup-slots).
 DEDUP_SUBJECTS = ("hepfast-dedup", "hepfast-sip10-dedup")
+DEDUP_SLOTS = [1 << 20]
 # Subjects with a storage destination besides the UDP target, and its transport.
 STORES = {"hepfast-file": "file", "hepfast-pcap": "pcap", "hepfast-parquet": "parquet"}
 
@@ -162,7 +164,7 @@ def write_config(path: Path, listen: int, target: int, rules: int, workers: int 
                  record: Path | None = None, store: str = "file", dedup: bool = False,
                  sip10: bool = False) -> None:
     lines = ["[switch]", f"workers = {workers}", "batch = 64", 'default = "drop"',
-             'spread = "packet"', "",
+             'spread = "packet"', *([f"dedup_slots = {DEDUP_SLOTS[0]}"] if dedup else []), "",
              "[admin]", 'listen = "127.0.0.1:0"', "",
              "[[listeners]]", 'name = "agents"', f'listen = "127.0.0.1:{listen}"',
              *(["dedup = true", "dedup_window_ms = 500"] if dedup else []), "",
@@ -320,7 +322,10 @@ def main() -> int:
     ap.add_argument("--lossless", type=float, default=0.001, help="loss counted as lossless")
     ap.add_argument("--unique", type=int, default=200_000,
                     help="with hepfast-dedup: distinct messages in the generated corpus")
+    ap.add_argument("--dedup-slots", type=int, default=1 << 20,
+                    help="switch.dedup_slots of the dedup subjects (default: the default)")
     args = ap.parse_args()
+    DEDUP_SLOTS[0] = args.dedup_slots
     corpus_given = any(a == "--corpus" or a.startswith("--corpus=") for a in sys.argv[1:])
     if (os.cpu_count() or 1) < 2:
         print("driver.py needs 2 cores (forwarder on core 0, generator + sink on core 1)",
