@@ -100,6 +100,8 @@ class Destination(_Base):
     flush_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     queue_rows: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 200_000
     retention_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 7
+    # postgres: connections writing batches in parallel (one COPY transaction each).
+    writers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
     # Ring-fed destinations (everything but udp): bytes of the shared-memory ring per worker
     # (at least 256 KiB, so that any 64 KiB packet fits).
     ring_bytes: Annotated[int, msgspec.Meta(ge=262144, le=1 << 32)] = 64 * MiB

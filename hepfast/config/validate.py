@@ -94,10 +94,14 @@ def _check_stream_keys(p: str, d) -> None:
     for key in _STREAM_KEYS + _TLS_KEYS:
         if getattr(d, key) == getattr(_STREAM_DEFAULTS, key):
             continue
+        if d.transport == "postgres" and key in ("spool", "spool_max_bytes"):
+            continue                            # it backs the row queue (egress/postgres.py)
         if d.transport not in ("tcp", "tls") or (key in _TLS_KEYS and d.transport != "tls"):
             who = "tls" if key in _TLS_KEYS else "tcp and tls"
             raise ConfigError(f"{p}.{key}", f"\"{key}\" is used by {who} destinations only, "
                                             f"not {d.transport}; remove it")
+    if d.spool is not None and not d.spool:
+        raise ConfigError(f"{p}.spool", "an empty spool directory; remove the key for none")
     if d.transport not in ("tcp", "tls"):
         return
     if d.hep_version != 3:
@@ -111,8 +115,6 @@ def _check_stream_keys(p: str, d) -> None:
         path = getattr(d, key)
         if path and not os.path.isfile(path):
             raise ConfigError(f"{p}.{key}", f"{path}: no such file")
-    if d.spool is not None and not d.spool:
-        raise ConfigError(f"{p}.spool", "an empty spool directory; remove the key for none")
 
 
 def validate(cfg: Config, *, implemented: bool = False) -> None:

@@ -73,7 +73,8 @@ EGRESS_SETTINGS: dict[str, tuple[str, ...]] = {
     "pcap": ("path", "rotate_bytes", "rotate_seconds", "keep", "encapsulate"),
     "parquet": ("path", "rotate_bytes", "rotate_seconds", "row_group_rows", "flush_seconds",
                 "retention_days", "retention_bytes"),
-    "postgres": ("dsn", "dsn_env", "batch_rows", "flush_seconds", "queue_rows", "retention_days"),
+    "postgres": ("dsn", "dsn_env", "batch_rows", "flush_seconds", "queue_rows", "retention_days",
+                 "writers", "spool", "spool_max_bytes"),
 }
 # Streams (hepfast.egress.stream) have real targets: each gets its own counter slot.
 _STREAM_KEYS = ("keepalive", "queue_packets", "queue_bytes", "spool", "spool_max_bytes",
