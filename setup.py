@@ -43,9 +43,11 @@ if _SANITIZE:
 # --- end of sanitizer block -------------------------------------------------------------------
 
 
-# System libraries a module links: the worker's TLS listeners use OpenSSL (ext/dataplane/tls.pxd;
-# headers from libssl-dev, which scripts/ensure-deps.sh installs).
-LIBRARIES = {"dataplane._worker": ["ssl", "crypto"]}
+# System libraries the modules link: zlib for every module (the compressed-payload chunk
+# 0x0010, ext/wire/inflate.pxd; zlib1g-dev to build), and OpenSSL for the worker, whose TLS
+# listeners use it (ext/dataplane/tls.pxd; libssl-dev). scripts/ensure-deps.sh installs both.
+LIBRARIES = ["z"]
+MODULE_LIBRARIES = {"dataplane._worker": ["ssl", "crypto"]}
 
 
 def generate_constants() -> None:
@@ -67,7 +69,7 @@ def extensions() -> tuple:
                               include_dirs=include + [numpy.get_include()],
                               define_macros=macros, extra_compile_args=cflags,
                               extra_link_args=ldflags,
-                              libraries=LIBRARIES.get(f"{layer}.{name}", [])))
+                              libraries=LIBRARIES + MODULE_LIBRARIES.get(f"{layer}.{name}", [])))
     return mods, include
 
 

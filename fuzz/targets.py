@@ -6,7 +6,7 @@ invariant breaks (something the codec built does not parse); any other exception
 a bug as well (the twins must refuse bad input with their documented errors, nothing else). A
 native crash (ASan, UBSan, a segfault) kills the process: fuzz/run.py keeps the input.
 
-Adding a target is one function (the TCP framer and the payload inflater will be the next ones):
+Adding a target is one function (the TCP framer will be the next one):
 
     @target("framer", seeds=stream_seeds, max_len=16384)
     def framer(data: bytes) -> None:
@@ -211,6 +211,37 @@ def sip(data: bytes) -> None:
     cid = m.sip.call_id(data)
     same("sip_call_id", m.C.sip_call_id(data), cid, data)
     check(cid is None or cid in data, "call id is not a slice of the payload")
+
+
+def inflate_seeds(corpus: list[bytes]) -> list[bytes]:
+    """Corpus payloads compressed (zlib, gzip), cut, damaged, and small bombs."""
+    import gzip
+    import zlib
+
+    from hepfast.wire import codec
+
+    out = []
+    for i, p in enumerate(corpus):
+        pl = codec.decode(p).payload
+        z = zlib.compress(pl)
+        out.append(z if i % 2 else gzip.compress(pl))
+        if i < 40:
+            out += [z[:-5], z[:len(z) // 2], z[:2] + bytes(len(z) - 2)]
+    out += [zlib.compress(b"A" * 70_000), gzip.compress(b"\0" * 70_000),
+            zlib.compress(b"B" * 600), b"", b"\x78\x9c", b"\x1f\x8b\x08"]
+    return out
+
+
+@target("inflate", seeds=inflate_seeds, max_len=4096)
+def inflate(data: bytes) -> None:
+    """The compressed-payload inflater (ext/wire/inflate.pxd) vs zlib through Python, at the
+    worker's 64 KiB cap and at a small one (bombs within fuzzing's input sizes)."""
+    from hepfast.dataplane import _guard, guard
+
+    for cap in (guard.INFLATE_MAX, 512):
+        got = _guard.inflate(data, cap)
+        same(f"inflate cap={cap}", got, guard.inflate_payload(data, cap), data)
+        check(got[0] != "ok" or len(got[1]) <= cap, "inflated past the cap")
 
 
 MATCHER_CONFIG = {

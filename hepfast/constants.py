@@ -15,13 +15,16 @@ from __future__ import annotations
 # decided by the worker.
 INVALID_NAMES = (
     "ok", "short", "magic", "length", "chunk", "version", "auth", "acl", "chunks",
+    # compressed payloads (chunk 0x0010), refused when the plan needs to read them: one that
+    # inflates past INFLATE_MAX bytes (a bomb), one that is not a whole zlib or gzip stream.
+    "compressed_too_big", "compressed_corrupt",
 )
 INVALID = {n: i for i, n in enumerate(INVALID_NAMES)}
 
 # --- why a valid packet (or one copy of it) was not forwarded: hepfast_packets_dropped_total ---
 DROP_NAMES = (
     "rule", "no_route", "sample", "rate_limit", "queue_full", "send_error", "too_big",
-    "unconvertible", "duplicate",
+    "unconvertible", "duplicate", "call_rate_limit",
 )
 DROP = {n: i for i, n in enumerate(DROP_NAMES)}
 # Drop reasons that concern one destination (labelled with it); the others concern the packet.
@@ -36,6 +39,10 @@ CONN_CLOSE_NAMES = (
     "tls_handshake", "tls_verify",
 )
 CONN_CLOSE = {n: i for i, n in enumerate(CONN_CLOSE_NAMES)}
+
+# --- what a destination does with payloads (destinations.NAME.payload) -----------------------
+PAYLOAD_NAMES = ("keep", "inflate", "compress")
+PAYLOAD = {n: i for i, n in enumerate(PAYLOAD_NAMES)}
 
 # --- destination modes and egress kinds ---------------------------------------------------------
 MODE_NAMES = ("hash", "all", "failover", "roundrobin")
@@ -65,6 +72,9 @@ MAX_SET_BYTES = 60000    # pre-encoded bytes one rule's `set` may add
 MAX_BATCH = 1024
 DEFAULT_MAX_CHUNKS = 512  # chunks per HEPv3 packet before it is refused (reason "chunks")
 SLOT_BYTES = 65536       # one receive slot: the largest UDP datagram
+INFLATE_MAX = 65536      # bytes a compressed payload may inflate to (more: a bomb, refused)
+MAX_DEDUP_SLOTS = 1 << 26   # switch.dedup_slots bound (8 bytes each)
+MAX_CALL_SLOTS = 1 << 26    # switch.call_slots bound
 
 # --- the shared counter block: one row of uint64 per worker (and per egress process) ----------
 # Header words.
@@ -99,7 +109,14 @@ OFF_LAST_OK = OFF_LAST_ERR + MAX_TARGET_SLOTS            # [target slot] monoton
 OFF_QUEUED = OFF_LAST_OK + MAX_TARGET_SLOTS              # [target slot] copies put in a ring
 OFF_LAST_ERRNO = OFF_QUEUED + MAX_TARGET_SLOTS           # [target slot] errno of the last error
 OFF_CONN = OFF_LAST_ERRNO + MAX_TARGET_SLOTS             # [listener][N_CONN] stream connections
-STRIDE = OFF_CONN + MAX_LISTENERS * N_CONN
+# --- guard (dedup, rate limits, compressed payloads: hepfast.dataplane.guard) ---------------
+N_GUARD = 8
+G_DEDUP_FULL = 0         # dedup lookups that found no room (the packet was forwarded)
+G_CALLS_FULL = 1         # call-rate lookups that found no room (the packet was forwarded)
+G_INFLATED = 2           # compressed payloads inflated (to route, dedup, or an inflate copy)
+G_COMPRESSED = 3         # copies whose payload was compressed for a `payload = "compress"` dest
+OFF_GUARD = OFF_CONN + MAX_LISTENERS * N_CONN            # [N_GUARD]
+STRIDE = OFF_GUARD + N_GUARD
 
 # --- rule tables (hepfast.plan.tables documents the layout) -------------------------------------
 KEY_NAMES = (
@@ -113,6 +130,7 @@ KEY_NAMES = (
 KEY = {n: i for i, n in enumerate(KEY_NAMES)}
 NKEYS = len(KEY_NAMES)
 RULE_FLAGS = {"drop": 1, "continue": 2, "has_rewrite": 4, "needs_sip": 8, "has_sample": 16}
+RULE_FLAGS["has_guard"] = 32     # dedup, rate_limit or rate_limit_calls (hepfast.dataplane.guard)
 
 # --- string patterns, SIP headers and call keys (issue 14 A; hepfast.plan.tables) -----------------
 # Glob tokens of the pattern table (`pat_blob` uint16): 0..255 a literal byte, then these two.
@@ -134,10 +152,10 @@ CALL_KEY = {n: i for i, n in enumerate(CALL_KEY_NAMES)}
 def c_enums() -> dict[str, dict[str, int]]:
     """What scripts/gen_constants.py writes into C: {enum block comment: {C name: value}}."""
     counters = {k: v for k, v in globals().items()
-                if k.isupper() and (k.startswith(("H_", "OFF_")) or k in (
-                    "HEADER", "STRIDE", "N_INVALID", "N_DROP", "N_CONN"))}
+                if k.isupper() and (k.startswith(("H_", "OFF_", "G_")) or k in (
+                    "HEADER", "STRIDE", "N_INVALID", "N_DROP", "N_CONN", "N_GUARD"))}
     limits = {k: v for k, v in globals().items()
-              if k.startswith(("MAX_", "DEFAULT_MAX_")) or k == "SLOT_BYTES"}
+              if k.startswith(("MAX_", "DEFAULT_MAX_")) or k in ("SLOT_BYTES", "INFLATE_MAX")}
     assert len(INVALID_NAMES) <= N_INVALID and len(DROP_NAMES) <= N_DROP
     assert len(CONN_CLOSE_NAMES) + 2 <= N_CONN
     return {
@@ -147,6 +165,7 @@ def c_enums() -> dict[str, dict[str, int]]:
             {f"D_{n.upper()}": i for i, n in enumerate(DROP_NAMES)},
         "connection close reasons": {f"C_{n.upper()}": i for i, n in enumerate(CONN_CLOSE_NAMES)},
         "destination modes": {f"M_{n.upper()}": i for i, n in enumerate(MODE_NAMES)},
+        "payload modes": {f"P_{n.upper()}": i for i, n in enumerate(PAYLOAD_NAMES)},
         "egress kinds": {f"E_{n.upper()}": i for i, n in enumerate(EGRESS_NAMES)},
         "capacities": limits,
         "counter block layout (uint64 words)": counters,

@@ -9,6 +9,8 @@
 #   installed only when missing, answering wireshark-common's setuid question (no) beforehand.
 # - a C compiler, the Python headers and the OpenSSL headers (libssl-dev) for build_ext, and the
 #   `openssl` command (the TLS tests make certificates with it), when missing.
+# - the zlib headers (zlib1g-dev: the workers inflate and compress HEP payload chunk 0x0010 with
+#   libz, ext/wire/inflate.pxd), when zlib.h is missing.
 # - the Python packages of pyproject.toml (run + test + build), with `python3 -m pip`, only those
 #   that do not import.
 # apt-get: `apt-get update` is run only if an install fails (stale or empty package lists on a
@@ -100,6 +102,13 @@ if [ ! -f "$header" ]; then
         /usr/bin/*) apt_install "Python headers" python3-dev || status=1 ;;
         *) say "no $header for $PYTHON: install its development headers"; status=1 ;;
     esac
+fi
+
+# --- zlib headers (compressed payloads: ext/wire/inflate.pxd links libz) --------------------
+if echo '#include <zlib.h>' | cc -E - >/dev/null 2>&1; then
+    say "zlib headers present"
+else
+    apt_install "zlib headers" zlib1g-dev || status=1
 fi
 
 # --- Python packages ----------------------------------------------------------------------

@@ -111,12 +111,13 @@ def one_destination(ports: list[int], mode: str, workers: int = 1) -> str:
 
 def check_accounting(s: dict) -> None:
     """The counters balance: every datagram is invalid or accepted; every accepted packet is
-    routed or dropped by rule/no_route/sample; every copy is forwarded or dropped by a reason of
-    its destination (nothing is left in a ring after a clean stop)."""
+    routed or dropped by a reason of the packet (rule, no_route, sample, duplicate, rate_limit,
+    call_rate_limit); every copy is forwarded or dropped by a reason of its destination (nothing
+    is left in a ring after a clean stop)."""
     d = s["dropped"]
     assert s["datagrams"] == s["invalid_total"] + s["received"], s
-    assert s["received"] == s["routed"] + d.get("rule", 0) + d.get("no_route", 0) + \
-        d.get("sample", 0), s
+    assert s["received"] == s["routed"] + sum(d.get(r, 0) for r in (
+        "rule", "no_route", "sample", "duplicate", "rate_limit", "call_rate_limit")), s
     per_dest = sum(sum(v.values()) for v in s["dropped_by_destination"].values())
     assert s["copies"] == s["forwarded_total"] + per_dest, s
     assert s["in_flight"] == 0, s

@@ -15,7 +15,7 @@ from hepfast.wire import chunks, pycodec
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["hepfast.wire._codec", "hepfast.plan._matcher", "hepfast.dataplane._worker",
            "hepfast.tools._sender", "hepfast.tools._receiver", "hepfast.egress._store",
-           "hepfast.egress._pgrow"]
+           "hepfast.dataplane._guard", "hepfast.egress._pgrow"]
 
 
 def expected() -> dict:

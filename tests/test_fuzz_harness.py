@@ -61,7 +61,7 @@ def _inputs(seeds: list[bytes], n: int, rnd: random.Random) -> list[bytes]:
 
 
 def test_the_targets_of_the_issue_are_registered():
-    assert {"codec", "sip", "matcher"} <= set(REAL)
+    assert {"codec", "sip", "matcher", "inflate"} <= set(REAL)
     for t in TARGETS.values():
         assert t.doc and t.max_len > 0 and callable(t.fn)
 

@@ -80,7 +80,8 @@ def test_invalid_and_overflows(sup):
     assert val(m, "hepfast_packets_invalid_total", listener="edge", reason="auth") == 1
     assert val(m, "hepfast_packets_invalid_total", listener="edge", reason="acl") == 0
     reasons_seen = {dict(k[1])["reason"] for k in m if k[0] == "hepfast_packets_invalid_total"}
-    assert reasons_seen == {"short", "magic", "length", "chunk", "version", "auth", "acl", "chunks"}
+    assert reasons_seen == {"short", "magic", "length", "chunk", "version", "auth", "acl", "chunks",
+                            "compressed_too_big", "compressed_corrupt"}
     assert val(m, "hepfast_receive_overflows_total", listener="edge") == 9
     assert val(m, "hepfast_receive_overflows_total", listener="agents") == 0
 

@@ -552,11 +552,12 @@ def test_listener_tls_defaults_and_plan(certs):
            f'tls_key = "{certs["server.key"]}"'
     c = _compile(certs, base)
     assert c.config.listeners[0].verify_client == "none"
-    assert _listener_tls(c.config.listeners[0])[3] == 0
+    assert _listener_tls(c.config.listeners[0])["tls_verify"] == 0
     c = _compile(certs, base + f'\ntls_ca = "{certs["ca.crt"]}"\ntls_min_version = "1.3"')
     lc = c.config.listeners[0]
     assert lc.verify_client == "required"
-    cert, key, ca, verify, version = _listener_tls(lc)
+    t = _listener_tls(lc)
+    cert, ca, verify, version = t["tls_cert"], t["tls_ca"], t["tls_verify"], t["tls_min_version"]
     assert os.path.isabs(cert) and ca == certs["ca.crt"] and verify == 2 and version == "1.3"
 
 

@@ -23,7 +23,7 @@ Ownership and invariants:
   the store accepted in its own row); every other copy is counted as a drop of its destination,
   so copies = forwarded + dropped per destination.
 """
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset, memmove
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EMSGSIZE
@@ -36,6 +36,13 @@ from matcher cimport (
     RF_DROP, RF_CONTINUE, RF_HAS_REWRITE, RF_HAS_SAMPLE,
 )
 from matcher cimport dest_key     # issue 14 A: per-destination call keys
+# guard: dedup, rate limits, compressed payloads (issue 14; hepfast.dataplane.guard)
+from matcher cimport call_key_hash
+from guard cimport (
+    hep_guard, hep_guard_attach, hep_dedup, hep_gcra, hep_guard_tat, hep_call, dedup_identity,
+    hep_dedup_prefetch, HEP_G_HIT, HEP_G_FULL,
+)
+from inflate cimport z_stream, hz_init, hz_end, hz_inflate, hz_deflate, HZ_TOO_BIG
 
 cimport cython
 
@@ -100,6 +107,7 @@ cdef struct dest_t:
     const uint8_t *auth_blob    # AUTH_SET: the encoded auth-key chunk
     Py_ssize_t auth_len
     uint32_t rr
+    int payload                 # P_KEEP, P_INFLATE, P_COMPRESS
     # mode = "hash": the call key (constants.CALL_KEY; CK_CALL_ID without a split is the
     # packet's sample_key, computed once per packet and shared)
     int ck_kind
@@ -122,6 +130,7 @@ cdef struct listener_t:
     const uint8_t *allow_fam   # [n]: 4 or 6, a row only matches senders of its family
     Py_ssize_t nallow
     SSL_CTX *tls               # a tls listener's context (owned by the bound plan), else NULL
+    uint32_t dedup_ms           # dedup before the rules (0: off)
 
 
 cdef struct bound_t:
@@ -136,6 +145,12 @@ cdef struct bound_t:
     int ntargets
     listener_t listeners[MAX_LISTENERS]
     uint32_t max_chunks
+    # guards
+    const uint32_t *dedup_ms    # [nrules] dedup window (0: off)
+    const uint64_t *rate        # [nrules][4]: packet T, tau, call T, tau (ns; 0: off)
+    int needs_inflate           # inflate compressed payloads before routing
+    uint64_t dedup_expire_ms
+    uint64_t call_idle_ms
 
 
 cdef struct conn_t:
@@ -161,6 +176,7 @@ cdef enum:
     LISTENER_TAG = 1 << 20      # epoll data: LISTENER_TAG + listener index, else a conn slot
     EPOLL_EVENTS = 256
     READS_PER_EVENT = 4         # fairness: a busy connection yields after this many reads
+    ZOUT_BYTES = 65536 + 1024   # deflate output: deflateBound(65535) and a chunk header
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -336,6 +352,20 @@ cdef class Worker:
     cdef conn_t *conns
     cdef int conn_hi            # slots [0, conn_hi) may be in use
     cdef int64_t next_sweep
+    # guards: the run's shared tables (set_guard), zlib streams and their buffers
+    cdef hep_guard guard
+    cdef int has_guard
+    cdef object _guard_buf
+    cdef z_stream zinf
+    cdef z_stream zdef
+    cdef int z_ok
+    cdef uint8_t *zbuf          # [6 + INFLATE_MAX]: an inflated payload as a 0x000f chunk
+    cdef uint8_t *zpkt          # [SLOT_BYTES]: the packet with that chunk (what rules read)
+    cdef uint8_t *zout          # [ZOUT_BYTES]: a compressed payload as a 0x0010 chunk
+    cdef hep_pkt *pkts          # [batch] listener dedup: the batch parsed ahead,
+    cdef int *prc               # [batch]   the parse results,
+    cdef uint64_t *dh           # [batch]   the identities,
+    cdef int *dhv               # [batch]   which identities are known
 
     def __cinit__(self, listener_fds, int batch):
         cdef int i
@@ -373,6 +403,18 @@ cdef class Worker:
         self.bound = 0
         self.epfd = -1
         self._setup_streams()
+        self.zbuf = <uint8_t *>malloc(6 + INFLATE_MAX)
+        self.zpkt = <uint8_t *>malloc(SLOT_BYTES)
+        self.zout = <uint8_t *>malloc(ZOUT_BYTES)
+        if not (self.zbuf and self.zpkt and self.zout) or hz_init(&self.zinf, &self.zdef) != 0:
+            raise MemoryError("cannot set up zlib")
+        self.z_ok = 1
+        self.pkts = <hep_pkt *>calloc(batch, sizeof(hep_pkt))
+        self.prc = <int *>calloc(batch, sizeof(int))
+        self.dh = <uint64_t *>calloc(batch, sizeof(uint64_t))
+        self.dhv = <int *>calloc(batch, sizeof(int))
+        if not (self.pkts and self.prc and self.dh and self.dhv):
+            raise MemoryError()
 
     cdef int _setup_streams(self) except -1:
         cdef int i, typ = 0
@@ -411,6 +453,15 @@ cdef class Worker:
         if self.epfd >= 0:
             close(self.epfd)
         _free_bound(&self.b)
+        if self.z_ok:
+            hz_end(&self.zinf, &self.zdef)
+        free(self.zbuf)
+        free(self.zpkt)
+        free(self.zout)
+        free(self.pkts)
+        free(self.prc)
+        free(self.dh)
+        free(self.dhv)
         free(self.arena)
         free(self.rmsgs)
         free(self.riov)
@@ -424,6 +475,16 @@ cdef class Worker:
             raise ValueError(f"counter row must have {STRIDE} words")
         self._row = row
         self.ctr = &mv[0]
+
+    def set_guard(self, buf):
+        """The run's guard tables (a writable shared mapping of the run directory's `guard`
+        file: hepfast.dataplane.guard), for the worker's life; plans with dedup or rate limits
+        need it."""
+        cdef uint8_t[::1] mv = buf
+        if mv.shape[0] == 0 or hep_guard_attach(&self.guard, &mv[0], mv.shape[0]) != 0:
+            raise ValueError("not a formatted guard table")
+        self._guard_buf = buf
+        self.has_guard = 1
 
     def bind(self, plan, target_fds, rings):
         """Swap in a plan (hepfast.plan.format.Plan, or an object with the same attributes).
@@ -458,6 +519,7 @@ cdef class Worker:
             nb.rule_slot = &rs[0] if nb.nrules else NULL
             nb.default_dest = nb.rt.default_dest
             nb.max_chunks = int(plan.max_chunks)
+            self._bind_guards(&nb, plan, refs)
             dests = list(plan.destinations)
             nb.ndests = len(dests)
             if not -1 <= nb.default_dest < nb.ndests:
@@ -496,6 +558,9 @@ cdef class Worker:
                     nb.dests[i].auth_len = len(auth_chunk)
                 elif d.strip_auth_key:
                     nb.dests[i].auth_mode = AUTH_STRIP
+                nb.dests[i].payload = int(getattr(d, "payload", P_KEEP))
+                if not P_KEEP <= nb.dests[i].payload <= P_COMPRESS:
+                    raise ValueError(f"destination {d.name}: unknown payload mode")
                 for j, tg in enumerate(d.targets):
                     if not 0 <= tg.slot < MAX_TARGET_SLOTS:
                         raise ValueError(f"target slot {tg.slot} out of range")
@@ -569,6 +634,10 @@ cdef class Worker:
                 nb.listeners[i].nallow = allow.shape[0]
                 nb.listeners[i].allow = &allow[0, 0] if allow.shape[0] else NULL
                 nb.listeners[i].allow_fam = &allow_fam[0] if allow.shape[0] else NULL
+                nb.listeners[i].dedup_ms = int(getattr(lt, "dedup_ms", 0))
+                if nb.listeners[i].dedup_ms and not self.has_guard:
+                    raise ValueError(f"listener {lt.name}: dedup needs the guard table "
+                                     "(set_guard)")
         except BaseException:
             _free_bound(&nb)
             raise
@@ -578,6 +647,36 @@ cdef class Worker:
         self.b = nb
         self._refs = refs
         self.bound = 1
+
+    cdef int _bind_guards(self, bound_t *nb, object plan, list refs) except -1:
+        """The rules' guard arrays and the plan's guard settings into nb (cold, in bind)."""
+        import numpy as np
+        cdef const uint32_t[::1] dm
+        cdef const uint64_t[:, ::1] rt
+        cdef Py_ssize_t i
+        nb.needs_inflate = 1 if getattr(plan, "needs_inflate", False) else 0
+        nb.dedup_expire_ms = int(getattr(plan, "dedup_expire_ms", 0))
+        nb.call_idle_ms = int(getattr(plan, "call_idle_ms", 300000))
+        if nb.nrules == 0:
+            return 0
+        dms = np.ascontiguousarray(getattr(plan, "dedup_ms", np.zeros(nb.nrules, np.uint32)),
+                                   dtype=np.uint32)
+        rate = np.ascontiguousarray(getattr(plan, "rate", np.zeros((nb.nrules, 4), np.uint64)),
+                                    dtype=np.uint64)
+        refs.extend((dms, rate))
+        if dms.shape != (nb.nrules,) or rate.shape != (nb.nrules, 4):
+            raise ValueError("guard arrays disagree with the number of rules")
+        dm = dms
+        rt = rate
+        for i in range(nb.nrules):
+            if (dm[i] or rt[i, 0] or rt[i, 2]) and not self.has_guard:
+                raise ValueError("the plan dedups or rate-limits, but the guard table is not "
+                                 "mapped (set_guard)")
+            if (dm[i] or rt[i, 0] or rt[i, 2]) and not (nb.rt.flags[i] & RF_HAS_GUARD):
+                raise ValueError(f"rule {i} has guards but not the has_guard flag")
+        nb.dedup_ms = &dm[0]
+        nb.rate = &rt[0, 0]
+        return 0
 
     def ring_used(self):
         """Bytes in flight per ring target of the bound plan ({target slot: bytes})."""
@@ -716,7 +815,7 @@ cdef class Worker:
         dst = self.scratch + self.scratch_pos
         cap = self.scratch_cap - self.scratch_pos
         if not rewrite and not d.auth_mode and (version == p.version or version == 3 and
-                                                p.version == 3):
+                                                p.version == 3) and buf != self.zpkt:
             out[0] = buf
             return p.total
         if version == 2 and not rewrite:
@@ -763,25 +862,35 @@ cdef class Worker:
         self.scratch_pos += n
         return n
 
-    cdef void _forward(self, const uint8_t *buf, hep_pkt *p, Py_ssize_t r, int di,
-                       uint64_t *key, int *have_key, int64_t now,
+    cdef void _forward(self, const uint8_t *buf, hep_pkt *p, const uint8_t *mbuf, hep_pkt *mp,
+                       Py_ssize_t r, int di, uint64_t *key, int *have_key, int64_t now,
                        const uint8_t **built, Py_ssize_t *built_len) noexcept nogil:
-        """Queue the packet for destination di as rule r wants it. built[v-2]: per-version cache
-        of the packet already built for this rule (destinations with their own auth key build
-        their own copy)."""
+        """Queue the packet for destination di as rule r wants it. buf/p: the packet as
+        received; mbuf/mp: what the rules read (the same, or its inflated form: a "payload =
+        inflate" destination gets that one). built[(v-2) + 2 * inflated]: cache of the packet
+        already built for this rule (destinations with their own auth key, or that compress,
+        build their own copy)."""
         cdef dest_t *d = &self.b.dests[di]
         cdef int i, vi = 0 if d.version == 2 else 1
         cdef const uint8_t *data
         cdef Py_ssize_t n
         cdef Py_ssize_t before = self.scratch_pos
         cdef uint64_t dkey
-        if d.auth_mode:
+        if d.payload == P_INFLATE and mbuf != buf:
+            buf = mbuf
+            p = mp
+            vi += 2
+        if d.auth_mode or d.payload == P_COMPRESS:
             n = self._build(buf, p, r, d, &data)
+            if n > 0 and d.payload == P_COMPRESS:
+                n = self._compress(data, n, &data)
         else:
             if built_len[vi] == 0:
                 built_len[vi] = self._build(buf, p, r, d, &built[vi])
                 if self.scratch_pos < before:
-                    built_len[1 - vi] = 0    # the scratch arena was flushed and reused
+                    for i in range(4):       # the scratch arena was flushed and reused
+                        if i != vi:
+                            built_len[i] = 0
             n = built_len[vi]
             data = built[vi]
         if n < 0:
@@ -794,10 +903,10 @@ cdef class Worker:
         if d.mode == M_HASH and d.tcount > 1:
             # Only a choice between targets needs the call key (it may scan the SIP headers).
             if d.ck_kind != CK_CALL_ID or d.ck_sep:
-                dkey = dest_key(p, buf, d.ck_kind, d.ck_sep, d.ck_field)
+                dkey = dest_key(mp, mbuf, d.ck_kind, d.ck_sep, d.ck_field)
             else:
                 if not have_key[0]:
-                    key[0] = sample_key(p, buf)
+                    key[0] = sample_key(mp, mbuf)
                     have_key[0] = 1
                 dkey = key[0]
         if d.egress == E_RING:
@@ -859,60 +968,116 @@ cdef class Worker:
 
     cdef void _process(self, int li, int nmsg) noexcept nogil:
         cdef int i
+        cdef const uint8_t *buf
         self.now = now_ns()
         self.ctr[H_DATAGRAMS] += nmsg
+        if not self.b.listeners[li].dedup_ms:
+            for i in range(nmsg):
+                self._one(li, self.arena + <Py_ssize_t>i * SLOT_BYTES, self.rmsgs[i].msg_len,
+                          &self.raddr[i], 1)
+            return
+        # Listener dedup: parse and hash the whole batch first, prefetching each identity's
+        # bucket, then process it (the table is larger than the caches: one miss per packet
+        # otherwise, now overlapped with the hashing of the next packets).
         for i in range(nmsg):
-            self._one(li, self.arena + <Py_ssize_t>i * SLOT_BYTES, self.rmsgs[i].msg_len,
-                      &self.raddr[i], 1)
+            buf = self.arena + <Py_ssize_t>i * SLOT_BYTES
+            self.prc[i] = hep_parse_lim(buf, self.rmsgs[i].msg_len, &self.pkts[i],
+                                        self.b.max_chunks)
+            self.dhv[i] = self.prc[i] == R_OK and not (
+                self.b.needs_inflate and (self.pkts[i].present >> CH_ZPAYLOAD) & 1
+                and not (self.pkts[i].present >> CH_PAYLOAD) & 1)
+            if self.dhv[i]:
+                self.dh[i] = dedup_identity(&self.pkts[i], buf, 0)
+                hep_dedup_prefetch(&self.guard, self.dh[i])
+        for i in range(nmsg):
+            self._one_pre(li, self.arena + <Py_ssize_t>i * SLOT_BYTES, self.rmsgs[i].msg_len,
+                          &self.raddr[i], 1, &self.pkts[i], self.prc[i], self.dh[i],
+                          self.dhv[i])
 
     cdef void _one(self, int li, const uint8_t *buf, Py_ssize_t n, sockaddr_storage *sa,
                    int check_acl) noexcept nogil:
         """One HEP message from listener li: checks, rules, egress. Its bytes (buf) must stay
         until the next _flush_all()."""
+        self._one_pre(li, buf, n, sa, check_acl, NULL, 0, 0, 0)
+
+    cdef void _one_pre(self, int li, const uint8_t *buf, Py_ssize_t n, sockaddr_storage *sa,
+                       int check_acl, hep_pkt *pre, int pre_rc, uint64_t pre_h,
+                       int has_h) noexcept nogil:
+        """_one, with the packet already parsed when pre is not NULL (pre_rc: the parse's
+        result) and, when has_h, its listener dedup identity pre_h."""
         cdef int rc, forwarded
         cdef Py_ssize_t r, j
-        cdef hep_pkt p
+        cdef hep_pkt p0
+        cdef hep_pkt *pp = pre if pre != NULL else &p0
         cdef listener_t *lst = &self.b.listeners[li]
         cdef uint64_t key = 0
         cdef int have_key
         cdef int64_t now = self.now
-        cdef const uint8_t *built[2]
-        cdef Py_ssize_t built_len[2]
+        cdef const uint8_t *built[4]
+        cdef Py_ssize_t built_len[4]
         cdef uint32_t flags
         cdef sip_info si
         cdef const sip_info *sip
+        cdef hep_pkt zp
+        cdef const uint8_t *mbuf = buf     # what the rules read: buf, or its inflated form
+        cdef hep_pkt *mp = pp
+        cdef int g
         # Who may send is decided before what they sent: a refused source is "acl" whatever
         # its packet holds (stream connections are checked once, at accept).
         if check_acl and lst.nallow and not self._allowed(lst, sa):
             self.ctr[OFF_INVALID + li * N_INVALID + R_ACL] += 1
             return
-        rc = hep_parse_lim(buf, n, &p, self.b.max_chunks)
-        if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, &p):
+        rc = pre_rc if pre != NULL else hep_parse_lim(buf, n, pp, self.b.max_chunks)
+        if rc == R_OK and lst.has_auth and not self._check_auth(lst, buf, pp):
             rc = R_AUTH
+        if rc == R_OK and self.b.needs_inflate and (pp.present >> CH_ZPAYLOAD) & 1 \
+                and not (pp.present >> CH_PAYLOAD) & 1:
+            # Only a compressed payload, and the plan reads payloads: rules, dedup and the call
+            # key read its inflated form (built in zpkt), destinations get what they asked for.
+            rc = self._inflate(buf, pp, &zp)
+            mbuf = self.zpkt
+            mp = &zp
         if rc != R_OK:
             self.ctr[OFF_INVALID + li * N_INVALID + rc] += 1
             return
-        self.ctr[OFF_RECEIVED + li * 256 + p.proto_type] += 1
+        self.ctr[OFF_RECEIVED + li * 256 + pp.proto_type] += 1
+        if lst.dedup_ms:
+            g = hep_dedup(&self.guard, pre_h if has_h else dedup_identity(mp, mbuf, 0),
+                          <uint64_t>now // 1000000,
+                          lst.dedup_ms, self.b.dedup_expire_ms)
+            if g == HEP_G_HIT:
+                self._drop(D_DUPLICATE, 1)
+                return
+            if g == HEP_G_FULL:
+                self.ctr[OFF_GUARD + G_DEDUP_FULL] += 1
         have_key = 0
         forwarded = 0
         sip = NULL
-        if self.b.rt.needs_sip and pkt_is_sip(&p):
-            if sip_scan_want(buf + p.payload_off, p.payload_len, self.b.rt.sip_want, &si) == 0:
+        if self.b.rt.needs_sip and pkt_is_sip(mp):
+            if sip_scan_want(mbuf + mp.payload_off, mp.payload_len, self.b.rt.sip_want,
+                             &si) == 0:
                 sip = &si
         r = 0
         while r < self.b.nrules:
-            if not rule_match(&self.b.rt, r, &p, buf, li, sip):
+            if not rule_match(&self.b.rt, r, mp, mbuf, li, sip):
                 r += 1
                 continue
             flags = self.b.rt.flags[r]
             self.ctr[OFF_RULE + self.b.rule_slot[r]] += 1
             if flags & RF_HAS_SAMPLE:
                 if not have_key:
-                    key = sample_key(&p, buf)
+                    key = sample_key(mp, mbuf)
                     have_key = 1
                 if not rule_sample_keep(&self.b.rt, r, True, key):
                     if not forwarded:
                         self._drop(D_SAMPLE, 1)
+                        forwarded = -1
+                    break
+            if flags & RF_HAS_GUARD:
+                g = self._guard_rule(r, mp, mbuf, now)
+                if g >= 0:
+                    if not forwarded:
+                        self._drop(g, 1)
                         forwarded = -1
                     break
             if flags & RF_DROP:
@@ -920,11 +1085,10 @@ cdef class Worker:
                     self._drop(D_RULE, 1)
                     forwarded = -1
                 break
-            built_len[0] = 0
-            built_len[1] = 0
+            memset(built_len, 0, 4 * sizeof(Py_ssize_t))
             for j in range(self.b.rt.fwd_start[r],
                            self.b.rt.fwd_start[r] + self.b.rt.fwd_count[r]):
-                self._forward(buf, &p, r, self.b.rt.fwd[j], &key, &have_key, now,
+                self._forward(buf, pp, mbuf, mp, r, self.b.rt.fwd[j], &key, &have_key, now,
                               built, built_len)
             forwarded = 1
             if not (flags & RF_CONTINUE):
@@ -932,15 +1096,96 @@ cdef class Worker:
             r += 1
         if forwarded == 0:
             if self.b.default_dest >= 0:
-                built_len[0] = 0
-                built_len[1] = 0
-                self._forward(buf, &p, -1, self.b.default_dest, &key, &have_key, now,
+                memset(built_len, 0, 4 * sizeof(Py_ssize_t))
+                self._forward(buf, pp, mbuf, mp, -1, self.b.default_dest, &key, &have_key, now,
                               built, built_len)
                 forwarded = 1
             else:
                 self._drop(D_NO_ROUTE, 1)
         if forwarded == 1:
             self.ctr[H_ROUTED] += 1
+
+    # ------------------------------------------------------------------ guards
+
+    cdef int _inflate(self, const uint8_t *buf, hep_pkt *p, hep_pkt *zp) noexcept nogil:
+        """The packet with its compressed payload (0x0010) replaced by the inflated one
+        (0x000f, in its place) into zpkt, parsed into zp: R_OK, or R_COMPRESSED_TOO_BIG (more
+        than INFLATE_MAX bytes, or a packet over 65535 with them), R_COMPRESSED_CORRUPT."""
+        cdef Py_ssize_t n
+        cdef uint32_t skip = CH_ZPAYLOAD
+        n = hz_inflate(&self.zinf, buf + p.payload_off, p.payload_len, self.zbuf + 6,
+                       INFLATE_MAX)
+        if n < 0:
+            return R_COMPRESSED_TOO_BIG if n == HZ_TOO_BIG else R_COMPRESSED_CORRUPT
+        if n + 6 > 65535:
+            return R_COMPRESSED_TOO_BIG
+        hep_wr16(self.zbuf, 0)
+        hep_wr16(self.zbuf + 2, CH_PAYLOAD)
+        hep_wr16(self.zbuf + 4, <uint16_t>(n + 6))
+        n = hep_build_v3(buf, p, self.zbuf, n + 6, &skip, 1, self.zpkt, SLOT_BYTES)
+        if n < 0:
+            return R_COMPRESSED_TOO_BIG
+        if hep_parse_lim(self.zpkt, n, zp, HEP_UNCAPPED) != R_OK:
+            return R_COMPRESSED_CORRUPT
+        self.ctr[OFF_GUARD + G_INFLATED] += 1
+        return R_OK
+
+    cdef Py_ssize_t _compress(self, const uint8_t *data, Py_ssize_t n,
+                              const uint8_t **out) noexcept nogil:
+        """A built v3 packet with its payload chunk (0x000f) compressed into 0x0010 (zlib), in
+        scratch: the new length with out set, or n with out unchanged when there is no plain
+        payload or compressing would not make it smaller. Called right after _build, which left
+        room for it (3 slots)."""
+        cdef hep_pkt p2
+        cdef Py_ssize_t z, m
+        cdef uint32_t skip = CH_PAYLOAD
+        if hep_parse_lim(data, n, &p2, HEP_UNCAPPED) != R_OK or p2.version != 3 \
+                or not (p2.present >> CH_PAYLOAD) & 1 or p2.payload_len == 0:
+            return n
+        z = hz_deflate(&self.zdef, data + p2.payload_off, p2.payload_len, self.zout + 6,
+                       ZOUT_BYTES - 6)
+        if z < 0 or z >= p2.payload_len:
+            return n
+        hep_wr16(self.zout, 0)
+        hep_wr16(self.zout + 2, CH_ZPAYLOAD)
+        hep_wr16(self.zout + 4, <uint16_t>(z + 6))
+        m = hep_build_v3(data, &p2, self.zout, z + 6, &skip, 1, self.scratch + self.scratch_pos,
+                         self.scratch_cap - self.scratch_pos)
+        if m < 0:
+            return n
+        out[0] = self.scratch + self.scratch_pos
+        self.scratch_pos += m
+        self.ctr[OFF_GUARD + G_COMPRESSED] += 1
+        return m
+
+    cdef int _guard_rule(self, Py_ssize_t r, hep_pkt *p, const uint8_t *buf,
+                         int64_t now) noexcept nogil:
+        """Rule r's guards for a packet it took: -1 (pass), or the drop reason (duplicate,
+        call_rate_limit, rate_limit). A table with no room lets the packet pass, counted."""
+        cdef int slot = self.b.rule_slot[r]
+        cdef const uint64_t *rt = self.b.rate + 4 * r
+        cdef uint32_t w = self.b.dedup_ms[r]
+        cdef uint64_t h = 0
+        cdef int g
+        if w:
+            g = hep_dedup(&self.guard, dedup_identity(p, buf, 1 + <uint64_t>slot),
+                          <uint64_t>now // 1000000, w, self.b.dedup_expire_ms)
+            if g == HEP_G_HIT:
+                return D_DUPLICATE
+            if g == HEP_G_FULL:
+                self.ctr[OFF_GUARD + G_DEDUP_FULL] += 1
+        if rt[2] and call_key_hash(p, buf, &h):
+            # Calls without a key (no Call-ID, no correlation id) are not counted as calls.
+            g = hep_call(&self.guard, slot, hep_mix64(h ^ (0x9E3779B97F4A7C15ULL * (1 + slot))),
+                         <uint64_t>now, rt[2], rt[3], self.b.call_idle_ms)
+            if g == HEP_G_HIT:
+                return D_CALL_RATE_LIMIT
+            if g == HEP_G_FULL:
+                self.ctr[OFF_GUARD + G_CALLS_FULL] += 1
+        if rt[0] and not hep_gcra(hep_guard_tat(&self.guard, slot), <uint64_t>now, rt[0],
+                                  rt[1]):
+            return D_RATE_LIMIT
+        return -1
 
     # ------------------------------------------------------------------ stream listeners
 

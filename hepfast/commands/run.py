@@ -81,6 +81,11 @@ def summary(sup) -> dict:
                                      for k, r in enumerate(CONN_CLOSE_NAMES) if tot[base + 2 + k]}}
     if conns:
         out["connections"] = conns
+    g = snap["guard"]
+    from hepfast.constants import G_CALLS_FULL, G_COMPRESSED, G_DEDUP_FULL, G_INFLATED
+
+    out["guard"] = {"dedup_table_full": g[G_DEDUP_FULL], "call_table_full": g[G_CALLS_FULL],
+                    "inflated": g[G_INFLATED], "compressed": g[G_COMPRESSED]}
     out["forwarded_total"] = sum(out["forwarded"].values())
     out["dropped_total"] = sum(out["dropped"].values())
     out["invalid_total"] = sum(out["invalid"].values())

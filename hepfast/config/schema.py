@@ -48,6 +48,12 @@ class Switch(_Base):
     drain_timeout: Annotated[float, msgspec.Meta(ge=0, le=600)] = 2.0
     # Chunks per HEPv3 packet before it is refused (reason "chunks"); real agents send < 30.
     max_chunks: Annotated[int, msgspec.Meta(ge=16, le=16384)] = 512
+    # Guard tables shared by all workers (hepfast.dataplane.guard), sized at start: slots of the
+    # dedup table and of the call-decision table of rate_limit_calls (rounded up to a power of
+    # two, 8 bytes each), and how long a call's decision is kept after its last packet (s).
+    dedup_slots: Annotated[int, msgspec.Meta(ge=1024, le=1 << 26)] = 1 << 20
+    call_slots: Annotated[int, msgspec.Meta(ge=1024, le=1 << 26)] = 1 << 18
+    call_idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
 
 
 class Admin(_Base):
@@ -89,6 +95,11 @@ class Listener(_Base):
     def verify_client(self) -> str:
         """tls_verify_client with its default applied."""
         return self.tls_verify_client or ("required" if self.tls_ca else "none")
+
+    # Drop copies of a message seen within dedup_window_ms on any listener that dedups, before
+    # the rules (hepfast.dataplane.guard: the identity is payload, addresses, ports, proto type).
+    dedup: bool = False
+    dedup_window_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 500
 
 
 class Destination(_Base):
@@ -149,6 +160,10 @@ class Destination(_Base):
     call_key: Literal["call_id", "correlation_id", "src_ip", "capture_id"] = "call_id"
     call_key_separator: str = ""
     call_key_field: int = 0
+    # Compressed payloads (chunk 0x0010) on this destination's copies: as received ("keep"),
+    # inflated into a plain payload chunk 0x000f ("inflate"), or plain payloads compressed
+    # into 0x0010 with zlib ("compress").
+    payload: Literal["keep", "inflate", "compress"] = "keep"
 
 
 # --- issue 14 A: SIP header and correlation-id field conditions (match.sip_header,
@@ -209,6 +224,16 @@ class Rule(_Base):
     drop: bool = False
     continue_: bool = msgspec.field(default=False, name="continue")
     sample: float | None = None
+    # Guards (hepfast.dataplane.guard), applied to the packets this rule takes: drop copies seen
+    # within dedup_window_ms; at most rate_limit packets per second over the whole switch
+    # (burst at once, default a tenth of the rate); at most rate_limit_calls new calls per
+    # second (burst_calls at once), later packets of a refused call dropped too.
+    dedup: bool = False
+    dedup_window_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 500
+    rate_limit: Annotated[float, msgspec.Meta(gt=0, le=100_000_000)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] | None = None
+    rate_limit_calls: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    burst_calls: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
 class Config(_Base):

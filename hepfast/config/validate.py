@@ -306,6 +306,42 @@ def validate(cfg: Config, *, implemented: bool = False) -> None:
                 set_keys[key] = name
         for j, name in enumerate(r.delete):
             _check(f"{p}.delete[{j}]", chunks.chunk_keys, name)
+    _validate_guards(cfg)
+
+
+# ------------------------------------------------------------------------------ guards
+
+_RULE_DEFAULTS = _schema.Rule(name="x")
+_LISTENER_DEFAULTS = _schema.Listener(name="x", listen="127.0.0.1:0")
+
+
+def _validate_guards(cfg: Config) -> None:
+    """dedup, rate limits and payload handling: keys that would do nothing are errors."""
+    for i, lst in enumerate(cfg.listeners):
+        if not lst.dedup and lst.dedup_window_ms != _LISTENER_DEFAULTS.dedup_window_ms:
+            raise ConfigError(f"listeners[{i}].dedup_window_ms", "is used with dedup = true "
+                                                                 "only: add it, or remove this")
+    for i, r in enumerate(cfg.rules):
+        p = f"rules[{i}]"
+        if not r.dedup and r.dedup_window_ms != _RULE_DEFAULTS.dedup_window_ms:
+            raise ConfigError(f"{p}.dedup_window_ms", "is used with dedup = true only: add it, "
+                                                      "or remove this")
+        if r.burst is not None and r.rate_limit is None:
+            raise ConfigError(f"{p}.burst", "is the burst of rate_limit: set rate_limit too, "
+                                            "or remove it")
+        if r.burst_calls is not None and r.rate_limit_calls is None:
+            raise ConfigError(f"{p}.burst_calls", "is the burst of rate_limit_calls: set "
+                                                  "rate_limit_calls too, or remove it")
+        if r.drop:
+            for key in ("dedup", "rate_limit", "rate_limit_calls"):
+                if getattr(r, key) not in (None, False):
+                    raise ConfigError(f"{p}.{key}", "a dropping rule forwards nothing, so "
+                                                    f"{key} has no effect: remove it")
+    for name, d in cfg.destinations.items():
+        if d.payload == "compress" and d.hep_version != 3:
+            raise ConfigError(f"destinations.{_qkey(name)}.payload",
+                              "HEPv2 has no compressed-payload chunk: compress needs "
+                              "hep_version = 3")
 
 
 # ------------------------------------------------------------------------------ admin API, ACLs

@@ -11,6 +11,8 @@ mappings are memory, not disk:
 - `ring-<D>-<W>`: the shared-memory ring worker W fills for the ring-fed destination with
   counter slot D (ext/egress/hepring.h), read by that destination's egress process.
 - `w<W>.err`: why worker W refused a generation ("<G> <message>").
+- `guard`: the switch-wide dedup, rate-limit and call tables every worker maps
+  (hepfast.dataplane.guard, ext/dataplane/hepguard.h); created once, kept across reloads.
 
 Imports only the standard library, numpy and hepfast.constants / hepfast.dataplane.counters.
 """
@@ -102,6 +104,10 @@ def map_counters(rundir: str) -> Counters:
 
 def plan_path(rundir: str, generation: int) -> str:
     return os.path.join(rundir, f"plan-{generation}.bin")
+
+
+def guard_path(rundir: str) -> str:
+    return os.path.join(rundir, "guard")
 
 
 def ring_path(rundir: str, dest_slot: int, worker: int) -> str:

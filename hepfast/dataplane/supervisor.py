@@ -128,6 +128,10 @@ class Supervisor:
         self.egress_row0 = self.nworkers
         self.own_row = self.nworkers + K.MAX_EGRESS       # the supervisor's own counters
         self.counters = R.make_counters(self.rundir, self.own_row + 1)
+        sw = self.compiled.config.switch
+        from hepfast.dataplane import guard as G
+
+        G.create(R.guard_path(self.rundir), sw.dedup_slots, sw.call_slots)
         self.slots = Slots()
         self.generation = 0
         self.plan_slots: dict = {}
@@ -330,6 +334,10 @@ class Supervisor:
                               "(restart hepfast to rebind sockets)")
         if c.batch != self.batch:
             raise ConfigError("switch.batch", "batch cannot change on reload (restart hepfast)")
+        for key in ("dedup_slots", "call_slots"):
+            if getattr(c.config.switch, key) != getattr(self.compiled.config.switch, key):
+                raise ConfigError(f"switch.{key}", f"{key} cannot change on reload (the table "
+                                                   "is sized at start: restart hepfast)")
         if self._workers_override is None and c.workers != self.nworkers:
             raise ConfigError("switch.workers", f"the number of workers cannot change on reload "
                               f"(running {self.nworkers}; restart hepfast to change it)")

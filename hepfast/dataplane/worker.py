@@ -150,6 +150,10 @@ def main(argv: list[str]) -> int:
         worker = Worker(fds, batch)
         worker.blocking = 1 if len(fds) == 1 else 0
         worker.set_counters(row)
+        from hepfast.dataplane import guard as G
+
+        guard_map = G.open_map(R.guard_path(rundir))     # kept for the worker's life
+        worker.set_guard(guard_map)
         binder = Binder(rundir, index)
     except Exception as exc:  # noqa: BLE001 - reported, then the boot-error exit code
         print(f"hepfast worker {index}: cannot start: {exc}", file=sys.stderr, flush=True)

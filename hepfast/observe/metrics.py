@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from hepfast.dataplane import counters as C
 from hepfast.wire.chunks import PROTO_TYPES
+from hepfast import constants as K
 from hepfast.constants import CONN_CLOSE_NAMES, DEST_DROPS
 from hepfast.wire.reasons import DROP_NAMES, INVALID_NAMES
 
@@ -310,6 +311,21 @@ class HepfastCollector(Collector):
         yield ring_size
         yield eg_up
         yield from extra.values()
+
+        full = CounterMetricFamily("hepfast_guard_table_full",
+                                   "Packets a dedup or call-rate lookup found no room for in "
+                                   "its shared table (forwarded without the check)",
+                                   labels=["table"])
+        full.add_metric(["dedup"], int(snap.total[C.OFF_GUARD + K.G_DEDUP_FULL]))
+        full.add_metric(["calls"], int(snap.total[C.OFF_GUARD + K.G_CALLS_FULL]))
+        yield full
+        yield CounterMetricFamily("hepfast_payloads_inflated",
+                                  "Compressed payloads (chunk 0x0010) inflated by the workers",
+                                  value=int(snap.total[C.OFF_GUARD + K.G_INFLATED]))
+        yield CounterMetricFamily("hepfast_payloads_compressed",
+                                  "Copies whose payload was compressed for a destination with "
+                                  'payload = "compress"',
+                                  value=int(snap.total[C.OFF_GUARD + K.G_COMPRESSED]))
 
         reloads = CounterMetricFamily("hepfast_config_reloads", "Configuration reloads by result",
                                       labels=["result"])

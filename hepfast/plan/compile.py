@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from hepfast.plan.tables import (
     DROP,
     DST_PORT,
     HAS_REWRITE,
+    HAS_GUARD,
     HAS_SAMPLE,
     HASH_KEYS,
     HEP_VERSION,
@@ -168,6 +170,11 @@ class Compiled:
     generation: int             # increases with every compile in this process
     digest: str                 # sha256 of the canonical config (comments/layout do not count)
     config: Config
+    # guards (hepfast.plan.tables, hepfast.dataplane.guard)
+    dedup_ms: np.ndarray | None = None      # uint32[R]
+    rate: np.ndarray | None = None          # uint64[R, 4]
+    needs_inflate: bool = False             # compressed payloads are inflated before routing
+    dedup_expire_ms: int = 0                # the longest dedup window (table entries' life)
 
     def dest_index(self, name: str) -> int:
         for i, d in enumerate(self.destinations):
@@ -350,6 +357,8 @@ def compile_config(cfg: Config) -> Compiled:
     skip_start = np.zeros(R, np.int32)
     skip_count = np.zeros(R, np.int32)
     sample = np.zeros(R, np.uint64)
+    dedup_ms, rate = _guard_arrays(cfg)
+    flags[(dedup_ms > 0) | np.any(rate > 0, axis=1)] |= HAS_GUARD
     ranges: list[tuple[int, int]] = []
     cidrs: list[tuple[int, int, int, int]] = []
     cidr_fam: list[int] = []
@@ -435,7 +444,45 @@ def compile_config(cfg: Config) -> Compiled:
         generation=next(_generation),
         digest=hashlib.sha256(msgspec.json.encode(cfg)).hexdigest(),
         config=cfg,
+        dedup_ms=_ro(dedup_ms), rate=_ro(rate),
+        needs_inflate=_needs_inflate(cfg, flags),
+        dedup_expire_ms=max([r.dedup_window_ms for r in cfg.rules if r.dedup]
+                            + [li.dedup_window_ms for li in cfg.listeners if li.dedup] + [0]),
     )
+
+
+# ---------------------------------------------------------------- guards
+
+def _gcra(rate: float, burst: int | None) -> tuple[int, int]:
+    """(emission interval T, tolerance tau) in ns: at most rate * D + burst packets in any
+    interval D; burst defaults to a tenth of the rate (at least 1)."""
+    t = min(max(1, round(1e9 / rate)), 1 << 50)
+    b = burst if burst is not None else max(1, math.ceil(rate / 10))
+    return t, min((b - 1) * t, 1 << 62)       # (the shared TAT never overflows 64 bits)
+
+
+def _guard_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    R = len(cfg.rules)
+    dedup_ms = np.zeros(R, np.uint32)
+    rate = np.zeros((R, 4), np.uint64)
+    for r, rule in enumerate(cfg.rules):
+        if rule.dedup:
+            dedup_ms[r] = rule.dedup_window_ms
+        if rule.rate_limit is not None:
+            rate[r, 0:2] = _gcra(rule.rate_limit, rule.burst)
+        if rule.rate_limit_calls is not None:
+            rate[r, 2:4] = _gcra(rule.rate_limit_calls, rule.burst_calls)
+    return dedup_ms, rate
+
+
+def _needs_inflate(cfg: Config, flags: np.ndarray) -> bool:
+    """Whether workers inflate compressed payloads before routing: some rule reads the payload
+    (a sip_* key, sampling or a call rate by call key, dedup), a listener dedups, or a
+    destination wants its copies inflated."""
+    return bool(np.any(flags & (NEEDS_SIP | HAS_SAMPLE))
+                or any(r.dedup or r.rate_limit_calls is not None for r in cfg.rules)
+                or any(li.dedup for li in cfg.listeners)
+                or any(d.payload == "inflate" for d in cfg.destinations.values()))
 
 
 def _ro(a: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
 """describe(plan): the human listing `hepfast check` prints."""
 from __future__ import annotations
 
+import math
+
 from hepfast.config import as_list
 from hepfast.plan.compile import Compiled
 from hepfast.plan.tables import CONTINUE, DROP, HAS_SAMPLE, KEY_NAMES, NEEDS_SIP
@@ -18,6 +20,8 @@ def describe(c: Compiled) -> str:
             extra.append("auth key set")
         if len(lst.allow_fam):
             extra.append("allow " + ", ".join(cfg.listeners[i].allow))
+        if cfg.listeners[i].dedup:
+            extra.append(f"dedup {cfg.listeners[i].dedup_window_ms} ms")
         lines.append(f"  [{i}] {lst.name}: {lst.transport} {_hp(lst.host, lst.port)}"
                      + (f" ({'; '.join(extra)})" if extra else ""))
     lines.append("destinations:")
@@ -33,8 +37,9 @@ def describe(c: Compiled) -> str:
 
             ck = f" by {CALL_KEY_NAMES[d.call_key]}" + (
                 f" field {d.call_key_field} of {chr(d.call_key_sep)!r}" if d.call_key_sep else "")
+        payload = cfg.destinations[d.name].payload
         lines.append(f"  [{i}] {d.name}: {d.transport} {d.mode}{ck} HEPv{d.hep_version} -> "
-                     f"{where}")
+                     f"{where}" + (f" (payload {payload})" if payload != "keep" else ""))
     lines.append(f"rules ({c.nrules}, first match wins unless continue):")
     for r, rule in enumerate(cfg.rules):
         f = int(c.flags[r])
@@ -63,6 +68,7 @@ def describe(c: Compiled) -> str:
             acts.append("delete " + ", ".join(str(d) for d in rule.delete))
         if f & HAS_SAMPLE:
             acts.append(f"sample {rule.sample:g} of calls")
+        acts += _guards(rule)
         if f & CONTINUE:
             acts.append("continue")
         if f & NEEDS_SIP:
@@ -71,6 +77,18 @@ def describe(c: Compiled) -> str:
     dflt = "drop" if c.default_dest < 0 else c.destinations[c.default_dest].name
     lines.append(f"default (no rule matched): {dflt}")
     return "\n".join(lines)
+
+
+def _guards(rule) -> list[str]:
+    out = []
+    if rule.dedup:
+        out.append(f"dedup {rule.dedup_window_ms} ms")
+    if rule.rate_limit is not None:
+        burst = rule.burst if rule.burst is not None else max(1, math.ceil(rule.rate_limit / 10))
+        out.append(f"at most {rule.rate_limit:g} packets/s (burst {burst})")
+    if rule.rate_limit_calls is not None:
+        out.append(f"at most {rule.rate_limit_calls:g} new calls/s")
+    return out
 
 
 def _hp(host: str, port: int) -> str:

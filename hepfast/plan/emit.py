@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 from hepfast import constants as K
 from hepfast.plan.compile import Compiled
-from hepfast.plan.format import RULE_ARRAYS, PlanDestination, PlanListener, PlanTarget
+from hepfast.plan.format import (
+    GUARD_ARRAYS,
+    RULE_ARRAYS,
+    PlanDestination,
+    PlanListener,
+    PlanTarget,
+)
 
 
 class SlotMap:
@@ -62,12 +68,13 @@ class Slots:
 _VERIFY = {"none": 0, "optional": 1, "required": 2}
 
 
-def _listener_tls(lc) -> tuple:
+def _listener_tls(lc) -> dict:
     """PlanListener's tls fields: absolute paths (workers may not share the cwd)."""
     if lc.transport != "tls":
-        return ()
+        return {}
     cert, key, ca = (os.path.abspath(p) if p else "" for p in (lc.tls_cert, lc.tls_key, lc.tls_ca))
-    return (cert, key, ca, _VERIFY[lc.verify_client], lc.tls_min_version)
+    return dict(tls_cert=cert, tls_key=key, tls_ca=ca, tls_verify=_VERIFY[lc.verify_client],
+                tls_min_version=lc.tls_min_version)
 
 
 def emit(c: Compiled, slots: dict, *, generation: int, source: str,
@@ -75,6 +82,9 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
     """(header fields, arrays) for hepfast.plan.format.write_plan."""
     cfg = c.config
     arrays = {name: getattr(c, name) for name in RULE_ARRAYS}
+    # Guards: rate state lives in the run's guard file by rule slot, so a rule a reload keeps
+    # (same name, same slot) keeps its rate limit's and its calls' state.
+    arrays.update({name: getattr(c, name) for name in GUARD_ARRAYS})
     listeners = []
     for i, li in enumerate(c.listeners):
         arrays[f"allow{i}"] = li.allow
@@ -85,7 +95,7 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
             li.name, li.transport, li.host, li.port, li.family, bytes(li.auth_key),
             lc.max_message, lc.message_timeout, lc.max_reads,
             max(1, -(-lc.max_connections // nw)), lc.idle_timeout,
-            *_listener_tls(lc)))
+            dedup_ms=lc.dedup_window_ms if lc.dedup else 0, **_listener_tls(lc)))
     dests = []
     ti = 0
     for di, d in enumerate(c.destinations):
@@ -100,7 +110,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
             egress_slot=slots["egress"].get(d.name, -1), ring_bytes=d.ring_bytes,
             auth_key=bytes(d.auth_key), strip_auth_key=d.strip_auth_key,
             settings=dict(d.settings), targets=targets,
-            call_key=d.call_key, call_key_sep=d.call_key_sep, call_key_field=d.call_key_field))
+            call_key=d.call_key, call_key_sep=d.call_key_sep, call_key_field=d.call_key_field,
+            payload=K.PAYLOAD[cfg.destinations[d.name].payload]))
     header = dict(
         generation=generation, digest=c.digest, source=source, batch=c.batch,
         workers=c.workers, max_chunks=cfg.switch.max_chunks, rcvbuf=cfg.switch.rcvbuf,
@@ -108,7 +119,8 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
         drain_timeout=cfg.switch.drain_timeout, default_dest=c.default_dest,
         needs_sip=c.needs_sip, needs_call_key=c.needs_call_key, nrules=c.nrules,
         rule_names=list(c.rule_names), rule_slots=list(slots["rules"]), listeners=listeners,
-        destinations=dests, sip_want=c.sip_want)
+        destinations=dests, sip_want=c.sip_want, needs_inflate=c.needs_inflate,
+        dedup_expire_ms=c.dedup_expire_ms, call_idle_ms=int(cfg.switch.call_idle_timeout * 1000))
     return header, arrays
 
 

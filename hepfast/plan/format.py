@@ -32,6 +32,8 @@ RULE_ARRAYS = ("key_mask", "key_start", "key_count", "ranges", "cidrs", "cidr_fa
                "skip_start", "skip_count", "sample")
 # issue 14 A: globs and table-valued match keys
 RULE_ARRAYS += ("pat_start", "pat_count", "pat_off", "pat_len", "pat_blob", "conds", "cond_blob")
+# The rules' guards (dedup window, rate limits: hepfast.plan.tables), bound by the worker.
+GUARD_ARRAYS = ("dedup_ms", "rate")
 
 
 class PlanTarget(msgspec.Struct, frozen=True):
@@ -56,6 +58,7 @@ class PlanDestination(msgspec.Struct, frozen=True):
     strip_auth_key: bool
     settings: dict[str, Any]
     targets: list[PlanTarget]
+    payload: int = 0        # constants.PAYLOAD: keep, inflate, compress
     # issue 14 A: mode = "hash" call key (constants.CALL_KEY), separator byte (0: none), field
     call_key: int = 0
     call_key_sep: int = 0
@@ -82,6 +85,7 @@ class PlanListener(msgspec.Struct, frozen=True):
     tls_ca: str = ""
     tls_verify: int = 0
     tls_min_version: str = "1.2"
+    dedup_ms: int = 0       # dedup window before the rules (0: off)
 
 
 class ArrayRef(msgspec.Struct, frozen=True, array_like=True):
@@ -110,6 +114,10 @@ class PlanHeader(msgspec.Struct, frozen=True):
     listeners: list[PlanListener]
     destinations: list[PlanDestination]
     arrays: dict[str, ArrayRef]
+    # guards (hepfast.dataplane.guard)
+    needs_inflate: bool = False
+    dedup_expire_ms: int = 0
+    call_idle_ms: int = 300000
     sip_want: int = 0           # issue 14 A: SIP_WANT bits, the headers the scanner looks for
 
 
@@ -149,7 +157,8 @@ class PlanError(ValueError):
 class ListenerView:
     __slots__ = ("name", "transport", "host", "port", "family", "auth_key", "allow", "allow_fam",
                  "stream", "max_message", "message_timeout", "max_reads", "max_connections",
-                 "idle_timeout", "tls_cert", "tls_key", "tls_ca", "tls_verify", "tls_min_version")
+                 "idle_timeout", "tls_cert", "tls_key", "tls_ca", "tls_verify", "tls_min_version",
+                 "dedup_ms")
 
 
 class Plan:
@@ -194,6 +203,7 @@ class Plan:
             v.max_connections, v.idle_timeout = li.max_connections, li.idle_timeout
             v.tls_cert, v.tls_key, v.tls_ca = li.tls_cert, li.tls_key, li.tls_ca
             v.tls_verify, v.tls_min_version = li.tls_verify, li.tls_min_version
+            v.dedup_ms = li.dedup_ms
             v.allow = self._arrays[f"allow{i}"]
             v.allow_fam = self._arrays[f"allow_fam{i}"]
             self.listeners.append(v)

@@ -48,6 +48,10 @@ Tables (R rules, K = NKEYS match keys; every array C-contiguous, read-only):
   User-Agent/Server); the scanner looks for no other (sip_scan_want).
 - sip_cseq_method (folded like sip_method) is the method of the CSeq header, so a response
   matches by the request it answers; sip_user_agent is User-Agent, else Server.
+- Guards (HAS_GUARD; hepfast.dataplane.guard, ext/dataplane/hepguard.h): `dedup_ms` uint32[R],
+  the rule's dedup window (0: off); `rate` uint64[R, 4]: the packet rate's GCRA emission
+  interval and tolerance (ns; 0: no limit), then the call rate's. Listeners carry their own
+  dedup window (PlanListener.dedup_ms).
 
 Which value a key reads: listener = index of the receiving listener; hep_version = 1/2/3;
 ip_family = 4/6 (unknown: no match); src_ip/dst_ip = the address chunk of the packet's family;
@@ -61,6 +65,10 @@ rule stops evaluation (packet dropped, reason "rule"). A HAS_SAMPLE rule that sa
 out takes it and stops (reason "sample"). Otherwise the packet goes to the rule's forwards, with
 the rule's own set/delete applied to the copies it sends, and evaluation stops unless CONTINUE.
 A packet no rule takes goes to `default_dest` (-1: dropped, reason "no_route").
+A HAS_GUARD rule that takes a packet (after its sample) drops it as "duplicate" (a copy seen
+within its window), "call_rate_limit" (a new call over rate_limit_calls, or a later packet of a
+call refused so) or "rate_limit" (over rate_limit), in that order, and stops, as a sampling rule
+does; a listener's dedup comes before every rule.
 
 Destinations in mode = "hash" key on their call key (Destination.call_key, C dest_key, Python
 oracle.dest_key_hash): call_id (default) = sample_key; correlation_id = the correlation id, else
@@ -132,6 +140,7 @@ CONTINUE = RULE_FLAGS["continue"]
 HAS_REWRITE = RULE_FLAGS["has_rewrite"]
 NEEDS_SIP = RULE_FLAGS["needs_sip"]
 HAS_SAMPLE = RULE_FLAGS["has_sample"]
+HAS_GUARD = RULE_FLAGS["has_guard"]
 
 _MASK64 = (1 << 64) - 1
 _V4_MAPPED_HI = 0
