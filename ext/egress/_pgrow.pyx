@@ -29,6 +29,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from hepwire cimport hep_pkt, hep_parse, hep_wr16, hep_wr32, R_OK
 from hepwire cimport CH_SRC4, CH_DST4, CH_SRC6, CH_DST6, CH_PAYLOAD
 from sipscan cimport sip_info, sip_scan_want
+from utf8 cimport utf8_strict
 from constants cimport constants, SW_CALL_ID, SW_FROM, SW_TO
 
 CONSTANTS = constants()    # what this module was compiled with (tests/test_constants.py)
@@ -202,54 +203,6 @@ cdef inline void _put_key(obuf *o, const char *key, bint first) noexcept nogil:
     _putc(o, 0x22)
     _puts(o, key)
     _put(o, b"\":", 2)
-
-
-cdef bint _clean(const uint8_t *s, size_t n) noexcept nogil:
-    """Strict UTF-8 (as Python decodes it) without NUL: text row_of keeps byte for byte."""
-    cdef size_t i = 0
-    cdef uint8_t c, c1
-    cdef int k
-    cdef uint64_t w
-    while i < n:
-        if i + 8 <= n:                          # eight ASCII bytes, none of them NUL
-            memcpy(&w, s + i, 8)
-            if (w & 0x8080808080808080ULL) == 0 and \
-                    ((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL) == 0:
-                i += 8
-                continue
-        c = s[i]
-        if c < 0x80:
-            if c == 0:
-                return False
-            i += 1
-            continue
-        if 0xC2 <= c <= 0xDF:
-            k = 1
-        elif 0xE0 <= c <= 0xEF:
-            k = 2
-        elif 0xF0 <= c <= 0xF4:
-            k = 3
-        else:
-            return False
-        if i + <size_t>k >= n:
-            return False
-        c1 = s[i + 1]
-        if (c1 & 0xC0) != 0x80:
-            return False
-        if c == 0xE0 and c1 < 0xA0:
-            return False
-        if c == 0xED and c1 > 0x9F:
-            return False
-        if c == 0xF0 and c1 < 0x90:
-            return False
-        if c == 0xF4 and c1 > 0x8F:
-            return False
-        if k >= 2 and (s[i + 2] & 0xC0) != 0x80:
-            return False
-        if k == 3 and (s[i + 3] & 0xC0) != 0x80:
-            return False
-        i += <size_t>k + 1
-    return True
 
 
 # ------------------------------------------------------------------ homer7._sip_extra, in C
@@ -466,14 +419,14 @@ cdef int _row(const uint8_t *rec, uint32_t ln, double now, obuf *o, int *table,
     cid_n = p.corr_len
     node = rec + p.node_off
     node_n = p.node_len
-    if not _clean(cid, cid_n) or not _clean(node, node_n):
+    if not utf8_strict(cid, cid_n, True) or not utf8_strict(node, node_n, True):
         return ROW_SLOW
     if ptype == 1:
         # the headers the row takes from the scanner (CSeq and User-Agent follow _sip_extra's
         # own rules, below)
         if sip_scan_want(pl, pn, SW_CALL_ID | SW_FROM | SW_TO, &si) != 0 or si.call_id_len == 0:
             return ROW_NONE
-        if not _clean(pl, pn):
+        if not utf8_strict(pl, pn, True):
             return ROW_SLOW
         _extra(pl, pn, &x)
         for i in range(x.cseq_s, x.cseq_e):
@@ -490,7 +443,7 @@ cdef int _row(const uint8_t *rec, uint32_t ln, double now, obuf *o, int *table,
     else:
         if cid_n == 0:
             return ROW_NONE
-        if not _clean(pl, pn):
+        if not utf8_strict(pl, pn, True):
             return ROW_SLOW
         table[0] = 256 + ptype
         sid = cid

@@ -27,6 +27,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from hepwire cimport hep_pkt, hep_parse, hep_wr16, hep_wr32, hep_hash64, R_OK
 from sipscan cimport sip_info, sip_scan, _sip_line_end, _sip_find, _sip_lower_eq, _sip_blank
+from utf8 cimport utf8_strict
 from constants cimport constants
 
 import numpy as np
@@ -319,49 +320,10 @@ cdef int _put(strcol *c, Py_ssize_t row, const uint8_t *s, size_t n, bint ok) ex
     return 0
 
 
-cdef bint _utf8_ok(const uint8_t *s, size_t n) noexcept nogil:
-    """Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF), as Python decodes it."""
-    cdef size_t i = 0
-    cdef uint8_t c, c1
-    cdef int k
-    while i < n:
-        c = s[i]
-        if c < 0x80:
-            i += 1
-            continue
-        if 0xC2 <= c <= 0xDF:
-            k = 1
-        elif 0xE0 <= c <= 0xEF:
-            k = 2
-        elif 0xF0 <= c <= 0xF4:
-            k = 3
-        else:
-            return False
-        if i + <size_t>k >= n:                      # needs s[i + 1] .. s[i + k]
-            return False
-        c1 = s[i + 1]
-        if (c1 & 0xC0) != 0x80:
-            return False
-        if c == 0xE0 and c1 < 0xA0:
-            return False
-        if c == 0xED and c1 > 0x9F:
-            return False
-        if c == 0xF0 and c1 < 0x90:
-            return False
-        if c == 0xF4 and c1 > 0x8F:
-            return False
-        if k >= 2 and (s[i + 2] & 0xC0) != 0x80:
-            return False
-        if k == 3 and (s[i + 3] & 0xC0) != 0x80:
-            return False
-        i += <size_t>k + 1
-    return True
-
-
 cdef int _put_text(strcol *c, Py_ssize_t row, const uint8_t *s, size_t n, bint ok) except -1:
     """A text column: like _put, but bytes that are not UTF-8 are decoded with replacement."""
     cdef bytes fixed
-    if ok and not _utf8_ok(s, n):
+    if ok and not utf8_strict(s, n, False):
         fixed = (<bytes>PyBytes_FromStringAndSize(<const char *>s, n)).decode(
             "utf-8", "replace").encode("utf-8")
         return _put(c, row, <const uint8_t *><char *>fixed, len(fixed), True)
