@@ -76,3 +76,20 @@ def codec_impl(request):
         except ImportError:
             pytest.skip("compiled codec not built and HEPFAST_PURE=1")
     return codec.get_impl(request.param)
+
+
+@pytest.fixture
+def sinks():
+    """sinks(n): n started `hepfast sink` receivers on 127.0.0.1 (closed after the test)."""
+    from hepfast.tools.sink import Sink
+
+    made = []
+
+    def make(n):
+        for _ in range(n):
+            made.append(Sink("127.0.0.1:0").start(timeout=120))
+        return made[-n:]
+
+    yield make
+    for s in made:
+        s.close()

@@ -12,7 +12,6 @@ import zlib
 
 import pytest
 
-from hepfast.tools.sink import Sink
 from hepfast.wire import codec
 from hepfast.wire.chunks import encode_packet
 from tests.switchhelp import SwitchProcess, check_accounting, corpus_messages
@@ -44,20 +43,6 @@ def _inflated(pkt: bytes) -> tuple:
 
 def _method(pkt: bytes) -> str:
     return codec.decode(pkt).payload.split(b" ", 1)[0].decode()
-
-
-@pytest.fixture
-def sinks():
-    made = []
-
-    def make(n):
-        for _ in range(n):
-            made.append(Sink("127.0.0.1:0").start(timeout=120))
-        return made[-n:]
-
-    yield make
-    for s in made:
-        s.close()
 
 
 CONFIG = """

@@ -4,9 +4,7 @@ get the packet as the rule made it. Also a packet with more chunks than the defa
 switch whose max_chunks allows it, survives those rebuilds."""
 from __future__ import annotations
 
-import pytest
 
-from hepfast.tools.sink import Sink
 from hepfast.wire import codec
 from hepfast.wire.chunks import encode_packet
 from tests.switchhelp import corpus_messages, SwitchProcess, check_accounting
@@ -16,16 +14,8 @@ def corpus(n: int) -> list[bytes]:
     return corpus_messages("kamailio", limit=n)
 
 
-@pytest.fixture
-def sinks():
-    made = [Sink("127.0.0.1:0").start(timeout=60) for _ in range(3)]
-    yield made
-    for s in made:
-        s.close()
-
-
 def test_destination_auth_key_set_and_strip(tmp_path, sinks):
-    plain, keyed, stripped = sinks
+    plain, keyed, stripped = sinks(3)
     pkts = [codec.rewrite(p, {"auth_key": "agent-key"}) for p in corpus(60)]
     sw = SwitchProcess(tmp_path, f"""
         [switch]
@@ -48,7 +38,7 @@ def test_destination_auth_key_set_and_strip(tmp_path, sinks):
         """, extra=["--no-admin"])
     try:
         sw.send(pkts)
-        for s in sinks:
+        for s in (plain, keyed, stripped):
             assert s.wait_for(len(pkts), timeout=30)
         summary = sw.stop()
     finally:
@@ -66,7 +56,7 @@ def test_destination_auth_key_set_and_strip(tmp_path, sinks):
 def test_many_chunks_survive_destination_rebuilds(tmp_path, sinks):
     """600 vendor chunks: over the default cap of 512, allowed by max_chunks = 1000; the
     destination's auth-key rebuild re-parses the switch's own output and must not refuse it."""
-    keyed = sinks[0]
+    keyed, = sinks(1)
     pkt = encode_packet([(0, 0x01, b"\x02"), (0, 0x02, b"\x11"), (0, 0x03, bytes([10, 0, 0, 1])),
                          (0, 0x04, bytes([10, 0, 0, 2])), (0, 0x07, b"\x13\xc4"),
                          (0, 0x08, b"\x13\xc4"), (0, 0x0b, b"\x01"), (0, 0x0c, b"\0\0\0\x01")]

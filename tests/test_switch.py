@@ -41,20 +41,6 @@ def pass_through(tmp_path, port: int, listener_extra: str = "") -> SwitchProcess
         """, extra=["--no-admin"])
 
 
-@pytest.fixture
-def sinks():
-    made = []
-
-    def make(n):
-        for _ in range(n):
-            made.append(Sink("127.0.0.1:0").start(timeout=120))
-        return made[-n:]
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def test_fanout_split_rewrite_drop(tmp_path, sinks):
     kam, rtp = corpus("kamailio"), corpus("rtpengine")
     a, b, q = sinks(3)
