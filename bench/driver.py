@@ -26,6 +26,9 @@ corpus of --unique distinct messages (the kamailio corpus with each copy's captu
 address changed), so that the loop replay makes never repeats a message within the dedup window
 at the highest step (200,000 messages: 1 s at 200,000 pps, the window is 500 ms) and dedup
 drops nothing: the subjects forward the same packets and only the cost of looking is measured.
+With --rounds N the whole subject list runs N times in turn (an interleaved A/B: drift of a
+shared machine hits every subject alike); each subject and step reports the round with the
+median CPU ns per packet, and the per-round figures are kept (`rounds_cpu_ns_per_pkt`).
 Prints a table and a JSON line (also written under bench/results/) with the ratios of CPU ns per
 packet against c_forward at the same offered rate, and each subject's max lossless rate.
 
@@ -311,6 +314,19 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
     return rows
 
 
+def median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """Per offered rate, the row of the round with the median CPU ns per packet (all its fields
+    from that one measurement), with every round's figure in `rounds_cpu_ns_per_pkt`."""
+    out = []
+    for step_rows in zip(*rounds, strict=True):
+        known = sorted((r for r in step_rows if r["cpu_ns_per_pkt"]),
+                       key=lambda r: r["cpu_ns_per_pkt"])
+        row = dict(known[len(known) // 2] if known else step_rows[0])
+        row["rounds_cpu_ns_per_pkt"] = [r["cpu_ns_per_pkt"] for r in step_rows]
+        out.append(row)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="20000,50000,100000,200000,300000,400000,500000",
@@ -322,6 +338,8 @@ def main() -> int:
     ap.add_argument("--lossless", type=float, default=0.001, help="loss counted as lossless")
     ap.add_argument("--unique", type=int, default=200_000,
                     help="with hepfast-dedup: distinct messages in the generated corpus")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the subject list this many times in turn; report each step's median")
     ap.add_argument("--dedup-slots", type=int, default=1 << 20,
                     help="switch.dedup_slots of the dedup subjects (default: the default)")
     args = ap.parse_args()
@@ -341,10 +359,16 @@ def main() -> int:
         if set(DEDUP_SUBJECTS) & set(args.subjects.split(",")) and not corpus_given:
             corpus = unique_corpus(corpus, Path(tmp) / "unique.hepraw", args.unique)
             print(f"# offering {args.unique} distinct messages ({corpus})", file=sys.stderr)
-        for name in args.subjects.split(","):
-            rows = run_subject(name, steps, args.step_seconds, corpus, Path(tmp))
-            if rows is not None:
-                results[name] = rows
+        runs: dict[str, list[list[dict]]] = {}
+        for rnd in range(max(1, args.rounds)):
+            if args.rounds > 1:
+                print(f"# round {rnd + 1} of {args.rounds}", file=sys.stderr)
+            for name in args.subjects.split(","):
+                rows = run_subject(name, steps, args.step_seconds, corpus, Path(tmp))
+                if rows is not None:
+                    runs.setdefault(name, []).append(rows)
+        for name, rounds in runs.items():
+            results[name] = median_rows(rounds) if len(rounds) > 1 else rounds[0]
 
     base = {r["offered_pps"]: r for r in results.get("c_forward", [])}
     print(f"{'subject':<12} {'offered':>9} {'delivered':>10} {'loss':>8} {'ns/pkt':>8} "
