@@ -463,9 +463,19 @@ def collector_outage(tmp_path, extra: str, *, settle: bool = False):
             time.sleep(0.25)
         sink = StreamSink(("127.0.0.1", port)).start(timeout=600)    # back
         if settle:
+            # Reconnected, what was kept sent; then the tail in steps that fit the memory queue
+            # (2 agents x 100 < queue_packets), each waited for, so that nothing of it can be
+            # dropped: a burst larger than the queue at a slow collector would be, rightly.
             assert wait_for(lambda: sink.connections > 0, timeout=60)
             sink.wait_quiet(0.5, timeout=60)
-        agents.send(500)
+            for _ in range(5):
+                agents.send(100)
+                want = {(i, n - 1) for i, n in enumerate(agents.sent)}
+                assert wait_for(lambda want=want: want <= {seq_of(p)
+                                                           for p in sink.packets[-400:]},
+                                timeout=120)
+        else:
+            agents.send(500)
         agents.close()
         last = {(i, n - 1) for i, n in enumerate(agents.sent)}
         assert wait_for(lambda: last <= {seq_of(p) for p in sink.packets[-200:]}, timeout=120)
