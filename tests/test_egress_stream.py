@@ -439,6 +439,17 @@ def outage_config(port: int, extra: str) -> str:
         '\n        transport = "tcp"\n        [destinations.c]')
 
 
+def send_in_steps(agents, sink, n: int, step: int = 100) -> None:
+    """n more packets per agent, `step` at a time, each step waited for at the collector: the
+    agents x step packets in flight stay below queue_packets, so none of them may be dropped
+    (a burst larger than the memory queue at a slow collector would rightly be, in part)."""
+    for _ in range(n // step):
+        agents.send(step)
+        want = {(i, k - 1) for i, k in enumerate(agents.sent)}
+        assert wait_for(lambda want=want: want <= {seq_of(p) for p in sink.packets[-400:]},
+                        timeout=120)
+
+
 def collector_outage(tmp_path, extra: str, *, settle: bool = False):
     """The collector stops mid-stream for OUTAGE_S seconds (30 by default, the issue's number)
     while both agents keep sending, then starts again; 500 more packets per agent follow at once
@@ -453,7 +464,7 @@ def collector_outage(tmp_path, extra: str, *, settle: bool = False):
     agents = None
     try:
         agents = Agents(sw.ports["tcp"])
-        agents.send(1000)
+        send_in_steps(agents, sink, 1000)
         assert sink.wait_for(agents.total, timeout=60)
         sink.close()                                       # the collector stops (orderly)
         first = list(sink.packets)
@@ -463,17 +474,10 @@ def collector_outage(tmp_path, extra: str, *, settle: bool = False):
             time.sleep(0.25)
         sink = StreamSink(("127.0.0.1", port)).start(timeout=600)    # back
         if settle:
-            # Reconnected, what was kept sent; then the tail in steps that fit the memory queue
-            # (2 agents x 100 < queue_packets), each waited for, so that nothing of it can be
-            # dropped: a burst larger than the queue at a slow collector would be, rightly.
+            # reconnected and what was kept sent: then the tail, none of it may be lost
             assert wait_for(lambda: sink.connections > 0, timeout=60)
             sink.wait_quiet(0.5, timeout=60)
-            for _ in range(5):
-                agents.send(100)
-                want = {(i, n - 1) for i, n in enumerate(agents.sent)}
-                assert wait_for(lambda want=want: want <= {seq_of(p)
-                                                           for p in sink.packets[-400:]},
-                                timeout=120)
+            send_in_steps(agents, sink, 500)
         else:
             agents.send(500)
         agents.close()
