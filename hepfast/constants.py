@@ -144,6 +144,10 @@ MAX_KEY_FIELD = 16       # call_key_field / correlation_id_field.field: -16..15
 # Which SIP headers the scanner looks for (sip_info; the plan's `sip_want` is their union over
 # the rules, so a header no rule needs is never searched for).
 SIP_WANT = {"call_id": 1, "from": 2, "to": 4, "cseq": 8, "user_agent": 16}
+# Not a header but a summary: the scanner reads the whole header section and keeps a 64-bit
+# bloom of its header names, so sip_header rules skip packets without their header. The plan asks
+# for it when sip_header rules sit beside keys that scan the headers anyway.
+SIP_WANT_NAMES = 32
 # Per destination: what mode = "hash" keys on (Destination.call_key).
 CALL_KEY_NAMES = ("call_id", "correlation_id", "src_ip", "capture_id")
 CALL_KEY = {n: i for i, n in enumerate(CALL_KEY_NAMES)}
@@ -174,6 +178,6 @@ def c_enums() -> dict[str, dict[str, int]]:
         "rule flags": {f"RF_{n.upper()}": v for n, v in RULE_FLAGS.items()},
         "patterns, SIP headers, call keys": {
             "GLOB_ANY": GLOB_ANY, "GLOB_STAR": GLOB_STAR,
-            **{f"SW_{n.upper()}": v for n, v in SIP_WANT.items()},
+            **{f"SW_{n.upper()}": v for n, v in SIP_WANT.items()}, "SW_NAMES": SIP_WANT_NAMES,
             **{f"CK_{n.upper()}": i for i, n in enumerate(CALL_KEY_NAMES)}},
     }

@@ -505,6 +505,26 @@ def test_scanner_looks_only_for_what_rules_need():
         == [0]
 
 
+def test_sip_header_beside_header_keys_uses_the_name_summary():
+    """sip_header next to a key that scans the headers: that scan reads the whole section and
+    summarises the names (SIP_WANT_NAMES), so the sip_header rules skip packets without their
+    header, and still find one that comes after every other wanted header (a scan stopped at
+    the last wanted header would have missed it), in full or compact form."""
+    c = compiled(every_rule([{"sip_call_id": "x"},
+                             {"sip_header": {"name": "X-Tenant", "value": "a*"}},
+                             {"sip_header": {"name": "Subject", "value": "hi"}}]))
+    assert c.sip_want == K.SIP_WANT["call_id"] | K.SIP_WANT_NAMES
+    head = b"INVITE sip:b@h SIP/2.0\r\nCall-ID: x\r\n"
+    assert both(c, hep(head + b"x-tenant: acme\r\nSubject: hi\r\n\r\n")) == [0, 1, 2]
+    assert both(c, hep(head + b"s: hi\r\n\r\n")) == [0, 2]
+    assert both(c, hep(head + b"X-Tenant: beta\r\nX-Tenant: acme\r\n\r\n")) == [0, 1]
+    assert both(c, hep(head + b"X-Tenantx: acme\r\nSubjec: hi\r\n\r\n")) == [0]
+    assert both(c, hep(head + b"\r\nX-Tenant: acme\r\n")) == [0]        # in the body
+    # a sip_header rule alone scans only when reached: no summary asked for
+    assert compiled(every_rule([{"sip_header": {"name": "X", "value": "*"}},
+                                {"correlation_id": "q"}])).sip_want == 0
+
+
 # ---------------------------------------------------------------- through `hepfast run`
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="recvmmsg/sendmmsg: Linux only")

@@ -22,7 +22,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, uintptr
 from hepwire cimport (hep_pkt, hep_rd32, hep_hash64, hep_mix64, CH_PTYPE, CH_PROTO, CH_SRC4,
                       CH_DST4, CH_SRC6, CH_DST6, CH_SPORT, CH_DPORT, CH_CAPID, CH_CORR, CH_NODE,
                       CH_PAYLOAD)
-from sipscan cimport sip_info, sip_call_id, sip_next_header, _sip_lower
+from sipscan cimport sip_info, sip_call_id, sip_next_header, sip_name_bit, _sip_lower
 
 from constants cimport (
     K_LISTENER, K_HEP_VERSION, K_PROTO_TYPE, K_IP_FAMILY, K_IP_PROTO, K_SRC_IP, K_DST_IP,
@@ -401,6 +401,14 @@ cdef inline bint _header_cond(const rule_tables *t, const int32_t *row, const ui
     cdef Py_ssize_t nlen = row[1]
     cdef uint8_t compact = <uint8_t>row[2]
     cdef bint same
+    cdef uint64_t bits
+    if sip.hdr_all:
+        # The first scan summarised every header name: no bit, no such header.
+        bits = sip_name_bit(name[0], name[nlen - 1], nlen)
+        if compact:
+            bits |= sip_name_bit(compact, compact, 1)
+        if not (sip.hdr_names & bits):
+            return False
     if n > 0x7FFFFFFF:
         n = 0x7FFFFFFF
     while sip_next_header(pl, n, &pos, &ns, &ne, &vs, &ve):

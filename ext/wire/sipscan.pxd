@@ -12,12 +12,14 @@
 # - Only the header section is scanned (up to the first empty line); the body is never touched.
 # - Payloads longer than 2 GiB are scanned in their first 2 GiB only (offsets are uint32).
 # - sip_scan_want looks only for the headers its `want` bits name (the plan's union over the
-#   rules): a header no rule needs costs nothing; the start line is always read.
+#   rules): a header no rule needs costs nothing; the start line is always read. With SW_NAMES
+#   it reads the whole section and summarises the header names (hdr_names), so that sip_header
+#   rules do not scan a packet a second time for a header it does not have.
 
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memset
 
-from constants cimport SW_CALL_ID, SW_FROM, SW_TO, SW_CSEQ, SW_USER_AGENT
+from constants cimport SW_CALL_ID, SW_FROM, SW_TO, SW_CSEQ, SW_USER_AGENT, SW_NAMES
 
 ctypedef struct sip_info:
     int status                  # response status code; 0 for a request
@@ -39,6 +41,11 @@ ctypedef struct sip_info:
     uint32_t user_agent_off     # User-Agent, else Server
     uint32_t user_agent_len
     uint32_t hdr_off            # first header line (sip_next_header starts here)
+    # SW_NAMES: a 64-bit summary of every header name of the section (sip_name_bit of each),
+    # so a sip_header rule whose name (or compact form) has no bit set skips its own scan.
+    # hdr_all says the summary covers the whole section (only then may a rule rely on it).
+    uint64_t hdr_names
+    int hdr_all
 
 
 cdef inline Py_ssize_t _sip_find(const uint8_t *p, Py_ssize_t s, Py_ssize_t e,
@@ -235,6 +242,13 @@ cdef inline int sip_next_header(const uint8_t *p, Py_ssize_t n, Py_ssize_t *pos,
     return 0
 
 
+cdef inline uint64_t sip_name_bit(uint8_t first, uint8_t last, Py_ssize_t ln) noexcept nogil:
+    """The bit of sip_info.hdr_names a header name of length ln (first and last bytes, any
+    case) sets. Equal names (ignoring case) set the same bit; other names may share it, which
+    only costs the rule its own scan."""
+    return (<uint64_t>1) << ((<uint64_t>ln * 11 + _sip_lower(first) * 3 + _sip_lower(last)) & 63)
+
+
 cdef inline int _sip_header_slot(const uint8_t *p, Py_ssize_t a, Py_ssize_t e) noexcept nogil:
     """Which slot of _sip_headers a header name p[a:e] fills: 0 Call-ID, 1 From, 2 To, 3 CSeq,
     4 User-Agent, 5 Server (full or compact forms, any case), -1 none of them."""
@@ -263,12 +277,13 @@ cdef inline int _sip_header_slot(const uint8_t *p, Py_ssize_t a, Py_ssize_t e) n
 
 
 cdef inline int _sip_headers(const uint8_t *p, Py_ssize_t pos, Py_ssize_t n, int want,
-                             Py_ssize_t *vs, Py_ssize_t *ve) noexcept nogil:
+                             Py_ssize_t *vs, Py_ssize_t *ve, uint64_t *names) noexcept nogil:
     """Value windows of the headers `want` asks for (SW_* bits: Call-ID slot 0, From 1, To 2,
     CSeq 3, User-Agent 4 with Server 5) in the header section starting at pos, into vs[i]/ve[i].
     Returns a bit mask of the slots found (first occurrence decides, even with an empty value);
     stops once every wanted slot is found (Server alone does not stop the search for
-    User-Agent)."""
+    User-Agent). names: NULL, or where the sip_name_bit of every header name goes (the whole
+    section is then read)."""
     cdef int found = 0, idx, slots = 0, need
     cdef Py_ssize_t ns = 0, ne = 0, s = 0, e = 0
     if want & SW_CALL_ID:
@@ -283,7 +298,9 @@ cdef inline int _sip_headers(const uint8_t *p, Py_ssize_t pos, Py_ssize_t n, int
     if want & SW_USER_AGENT:
         need |= 16
         slots |= 16 | 32
-    while need & ~found and sip_next_header(p, n, &pos, &ns, &ne, &s, &e):
+    while (need & ~found or names != NULL) and sip_next_header(p, n, &pos, &ns, &ne, &s, &e):
+        if names != NULL and ne > ns:
+            names[0] |= sip_name_bit(p[ns], p[ne - 1], ne - ns)
         idx = _sip_header_slot(p, ns, ne)
         if idx < 0 or not (slots & (1 << idx)) or found & (1 << idx):
             continue
@@ -342,7 +359,11 @@ cdef inline int sip_scan_want(const uint8_t *p, Py_ssize_t n, int want,
         out.ruri_domain_len = <uint32_t>(a4 - a3)
     if want == 0:
         return 0
-    found = _sip_headers(p, nxt, n, want, vs, ve)
+    if want & SW_NAMES:
+        found = _sip_headers(p, nxt, n, want, vs, ve, &out.hdr_names)
+        out.hdr_all = 1
+    else:
+        found = _sip_headers(p, nxt, n, want, vs, ve, NULL)
     if found & 1:
         out.call_id_off = <uint32_t>vs[0]
         out.call_id_len = <uint32_t>(ve[0] - vs[0])
@@ -387,7 +408,7 @@ cdef inline int sip_call_id(const uint8_t *p, Py_ssize_t n, uint32_t *off,
     if n <= 0:
         return 0
     _sip_line_end(p, 0, n, &nxt)
-    if not (_sip_headers(p, nxt, n, SW_CALL_ID, vs, ve) & 1) or ve[0] <= vs[0]:
+    if not (_sip_headers(p, nxt, n, SW_CALL_ID, vs, ve, NULL) & 1) or ve[0] <= vs[0]:
         return 0
     off[0] = <uint32_t>vs[0]
     ln[0] = <uint32_t>(ve[0] - vs[0])

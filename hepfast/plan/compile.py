@@ -533,6 +533,7 @@ class _Patterns:
         self.conds: list[tuple[int, ...]] = []
         self.cond_blob = bytearray()
         self.sip_want = 0
+        self.has_header = False             # some rule has a sip_header condition
 
     def _values(self, k: int, vals: list, ranges: list) -> tuple[int, int, int, int]:
         """Exact values of key k into ranges (hashes), globs into the pattern table: (range
@@ -559,6 +560,7 @@ class _Patterns:
 
         for t in tables:
             if k == SIP_HEADER:
+                self.has_header = True
                 name = t.name.strip().lower().encode()
                 name = COMPACT.get(name, name)
                 a, b, c = len(self.cond_blob), len(name), COMPACT_OF.get(name, b"\0")[0]
@@ -574,7 +576,10 @@ class _Patterns:
             pat_blob=_ro(np.array(self.blob, np.uint16)),
             conds=_ro(np.array(self.conds, np.int32).reshape(len(self.conds), 7)),
             cond_blob=_ro(np.frombuffer(bytes(self.cond_blob), np.uint8).copy()),
-            sip_want=self.sip_want)
+            # sip_header beside keys that scan the headers anyway: that scan also summarises
+            # the names (alone, a sip_header rule scans only when it is reached).
+            sip_want=self.sip_want | (K.SIP_WANT_NAMES if self.sip_want and self.has_header
+                                      else 0))
 
 
 _STRING_KEY_NAMES = frozenset(KEY_NAMES[k] for k in HASH_KEYS)
