@@ -18,7 +18,7 @@ from hepfast.dataplane import guard as G
 from hepfast.plan import compile_text
 from hepfast.tools.sink import Sink
 from hepfast.wire import codec
-from tests.switchhelp import SwitchProcess, check_accounting, corpus_messages
+from tests.switchhelp import SwitchProcess, agents_to, check_accounting, corpus_messages
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="recvmmsg/sendmmsg: Linux only")
 
@@ -137,6 +137,45 @@ def test_call_table_two_processes_agree_on_every_call(tmp_path):
     assert 100 <= admitted < len(calls)
 
 
+def test_a_call_decided_by_two_processes_at_once_takes_one_token(tmp_path):
+    """Two processes deciding the same new calls in lockstep (each call's first packet on two
+    workers within a few hundred ns): whoever loses the race for the table slot adopts the
+    winner's decision and gives its token back, so the call rate counts each call once."""
+    import mmap
+
+    path = str(tmp_path / "guard")
+    G.create(path, 1 << 12, 1 << 18)       # room for every call: none is "full"
+    n = 20_000
+    calls = np.ascontiguousarray(
+        np.random.default_rng(11).integers(0, 2 ** 63, n, dtype=np.uint64))
+    # A long emission interval and an unbounded burst: every call is admitted and moves the
+    # call TAT by exactly T, so the TAT counts the tokens taken.
+    T, tau = 10 ** 12, 2 ** 62
+    steps = mmap.mmap(-1, 16)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    t0 = time.monotonic_ns()
+
+    def run(me):
+        g = _guard.Guard(G.open_map(path))
+        out = np.zeros(n, np.uint8)
+        ok = g.call_lockstep(4, calls, out, T, tau, 60_000, np.frombuffer(steps, np.uint64), me)
+        q.put((me, ok, out.tobytes()))
+
+    procs = [ctx.Process(target=run, args=(i,)) for i in range(2)]
+    for p in procs:
+        p.start()
+    got = {me: (ok, np.frombuffer(out, np.uint8)) for me, ok, out in
+           (q.get(timeout=120) for _ in procs)}
+    for p in procs:
+        p.join(10)
+    assert got[0][0] and got[1][0], "a process stopped before the end of the lockstep"
+    assert np.all(got[0][1] == _guard.NEW) and np.all(got[1][1] == _guard.NEW)
+    tat = _guard.Guard(G.open_map(path)).ctat(4)
+    # The first admission started from a clock between t0 and now (far less than T apart).
+    assert (tat - t0) // T == n, (tat - t0) / T
+
+
 # ------------------------------------------------------------------ through `hepfast run`
 
 @pytest.fixture
@@ -171,19 +210,12 @@ def test_rate_limit_over_two_workers(tmp_path, sink):
     5%; the rest is counted as rate_limit."""
     msgs = corpus_messages("kamailio")
     packets = [msgs[i % len(msgs)] for i in range(15_000)]
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 2
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.out]
-        targets = ["127.0.0.1:{sink.port}"]
+    sw = SwitchProcess(tmp_path, agents_to(sink.port, """
         [[rules]]
         name = "limited"
         rate_limit = 1000
         forward = ["out"]
-        """, workers=2, extra=["--no-admin"])
+        """), workers=2, extra=["--no-admin"])
     try:
         times = _paced(sw.port, packets, 5000)
         time.sleep(1.0)
@@ -219,20 +251,13 @@ def test_rate_limit_calls_drops_refused_calls_whole(tmp_path, sink):
     for m in msgs:
         calls[_call_of(m)].append(m)
     assert len(calls) == 80 and None not in calls
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 2
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.out]
-        targets = ["127.0.0.1:{sink.port}"]
+    sw = SwitchProcess(tmp_path, agents_to(sink.port, """
         [[rules]]
         name = "calls"
         rate_limit_calls = 2
         burst_calls = 10
         forward = ["out"]
-        """, workers=2, extra=["--no-admin"])
+        """), workers=2, extra=["--no-admin"])
     try:
         t0 = time.monotonic()
         sw.send(msgs)
@@ -260,20 +285,13 @@ def test_rate_state_survives_a_reload_that_keeps_the_rule(tmp_path, sink):
     """The TAT is kept by rule name (its counter slot) in the run's guard file: a reload that
     leaves the rule in place does not hand out a fresh burst."""
     msgs = corpus_messages("kamailio", limit=40)
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 2
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.out]
-        targets = ["127.0.0.1:{sink.port}"]
+    sw = SwitchProcess(tmp_path, agents_to(sink.port, """
         [[rules]]
         name = "limited"
         rate_limit = 0.2
         burst = 5
         forward = ["out"]
-        """, workers=2, extra=["--no-admin"])
+        """), workers=2, extra=["--no-admin"])
     try:
         t0 = time.monotonic()
         sw.send(msgs[:20])

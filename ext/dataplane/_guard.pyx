@@ -27,6 +27,17 @@ MAGIC = HEP_GUARD_MAGIC
 TABLES_WORDS = HEP_GUARD_TABLES
 
 
+cdef extern from *:
+    """
+    static inline uint64_t hgt_load(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void hgt_store(uint64_t *p, uint64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    """
+    uint64_t _load "hgt_load"(uint64_t *p) noexcept nogil
+    void _store "hgt_store"(uint64_t *p, uint64_t v) noexcept nogil
+
+
 cdef inline uint64_t _now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -110,6 +121,12 @@ cdef class Guard:
             raise ValueError("rule slot out of range")
         return hep_guard_tat(&self.g, rule_slot)[0]
 
+    def ctat(self, int rule_slot):
+        """The call rate's TAT of rule_slot (ns): each admitted new call moves it by T."""
+        if not 0 <= rule_slot < HEP_GUARD_RULES:
+            raise ValueError("rule slot out of range")
+        return hep_guard_ctat(&self.g, rule_slot)[0]
+
     @cython.boundscheck(False)
     def dedup_many(self, const uint64_t[::1] hashes, uint8_t[::1] out, uint64_t window_ms):
         """dedup() of every hash at the current clock, answers into out."""
@@ -131,6 +148,37 @@ cdef class Guard:
             for i in range(hashes.shape[0]):
                 out[i] = <uint8_t>hep_call(&self.g, rule_slot, hashes[i], _now_ns(), T, tau,
                                            idle_ms)
+
+    @cython.boundscheck(False)
+    def call_lockstep(self, int rule_slot, const uint64_t[::1] hashes, uint8_t[::1] out,
+                      uint64_t T, uint64_t tau, uint64_t idle_ms, uint64_t[::1] steps,
+                      int me, double timeout_s=30.0):
+        """call_many in lockstep with another process running the same list: before hash i it
+        waits until steps[1 - me] (shared memory) reaches i, and after it sets steps[me] to
+        i + 1, so both decide each call within a few hundred ns of each other: the race of two
+        workers seeing a call's first packets at once. Returns False on timeout (the other
+        process stopped)."""
+        cdef Py_ssize_t i
+        cdef uint64_t deadline
+        cdef uint64_t *mine
+        cdef uint64_t *other
+        cdef bint ok = True
+        if out.shape[0] < hashes.shape[0] or not 0 <= rule_slot < HEP_GUARD_RULES \
+                or steps.shape[0] < 2 or me not in (0, 1):
+            raise ValueError("bad arguments")
+        mine = &steps[me]
+        other = &steps[1 - me]
+        deadline = _now_ns() + <uint64_t>(timeout_s * 1e9)
+        with nogil:
+            for i in range(hashes.shape[0]):
+                while _load(other) < <uint64_t>i and ok:
+                    ok = _now_ns() <= deadline
+                if not ok:
+                    break
+                out[i] = <uint8_t>hep_call(&self.g, rule_slot, hashes[i], _now_ns(), T, tau,
+                                           idle_ms)
+                _store(mine, <uint64_t>(i + 1))
+        return ok
 
     def gcra_many(self, int rule_slot, Py_ssize_t n, uint64_t T, uint64_t tau):
         """n attempts at the current clock, as fast as possible: (passed, first ns, last ns)."""

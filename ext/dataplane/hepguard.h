@@ -156,6 +156,16 @@ static inline int hep_gcra(uint64_t *tat, uint64_t now_ns, uint64_t T, uint64_t 
     return 0;
 }
 
+/* Give back the emission a hep_gcra pass took from *tat (T ns), when the packet it admitted
+ * turned out not to need it (another worker decided the same call first). */
+static inline void hep_gcra_refund(uint64_t *tat, uint64_t T) {
+    uint64_t old = hg_load(tat);
+    int k;
+    for (k = 0; k < HEP_GUARD_GCRA_TRIES && old >= T; k++)
+        if (hg_cas(tat, &old, old - T))
+            return;
+}
+
 static inline uint64_t *hep_guard_tat(hep_guard *g, int rule_slot) {
     return g->base + HEP_GUARD_TAT + 8 * (uint64_t)rule_slot;
 }
@@ -182,6 +192,10 @@ static inline int hep_call(hep_guard *g, int rule_slot, uint64_t h, uint64_t now
             if (w != 0 && (w >> (HEP_GUARD_TBITS + 1)) == tag && hg_live(w, tnow, idle)) {
                 if ((w & HEP_GUARD_TMASK) != tnow)          /* refresh; a lost race is fine */
                     hg_cas(b + k, &w, (w & ~HEP_GUARD_TMASK) | tnow);
+                if (rej == 0)
+                    /* Another worker recorded this call between our look and our CAS: its
+                     * decision stands, and the token we took for it goes back. */
+                    hep_gcra_refund(hep_guard_ctat(g, rule_slot), T);
                 return ((w >> HEP_GUARD_TBITS) & 1) ? HEP_G_HIT : HEP_G_NEW;
             }
             if (free_at < 0 && (w == 0 || !hg_live(w, tnow, idle))) {
