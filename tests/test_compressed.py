@@ -14,7 +14,7 @@ import pytest
 
 from hepfast.wire import codec
 from hepfast.wire.chunks import encode_packet
-from tests.switchhelp import SwitchProcess, check_accounting, corpus_messages
+from tests.switchhelp import SwitchProcess, agents_to, check_accounting, corpus_messages
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="recvmmsg/sendmmsg: Linux only")
 
@@ -150,19 +150,12 @@ def test_compressed_payloads_pass_untouched_when_nothing_reads_them(tmp_path, si
     (out,) = sinks(1)
     base = corpus_messages("kamailio", sip_only=True)[0]
     bomb = with_payload_chunk(base, 0x10, zlib.compress(b"A" * 200_000))
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 1
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.out]
-        targets = ["127.0.0.1:{out.port}"]
+    sw = SwitchProcess(tmp_path, agents_to(out.port, """
         [[rules]]
         name = "sip"
         match.proto_type = "sip"
         forward = ["out"]
-        """, extra=["--no-admin"])
+        """), extra=["--no-admin"])
     try:
         sw.send([bomb] * 5)
         assert out.wait_for(5, timeout=30)
@@ -173,26 +166,55 @@ def test_compressed_payloads_pass_untouched_when_nothing_reads_them(tmp_path, si
     assert summary["guard"]["inflated"] == 0 and summary["invalid_total"] == 0
 
 
+def test_a_hepv2_destination_gets_the_inflated_payload(tmp_path, sinks):
+    """HEPv2 has no compressed-payload chunk: a v2 destination gets the payload inflated, as the
+    plain copy of the same message would leave (even when no rule reads payloads), and a bomb
+    is refused as it is for a reading rule."""
+    (v2,) = sinks(1)
+    sip = corpus_messages("kamailio", sip_only=True)[:150]
+    base = sip[0]
+    bomb = with_payload_chunk(base, 0x10, zlib.compress(b"A" * 200_000))
+    sw = SwitchProcess(tmp_path, agents_to(v2.port, """
+        [[rules]]
+        name = "sip"
+        match.proto_type = "sip"
+        forward = ["old"]
+        """, destination="""
+        hep_version = 2
+        """, name="old"), extra=["--no-admin"])
+    try:
+        sw.send(sip)
+        assert v2.wait_for(150, timeout=30)
+        sw.send([zlib_form(m) for m in sip[:75]] + [gzip_form(m) for m in sip[75:]] + [bomb])
+        assert v2.wait_for(300, timeout=30)
+        time.sleep(0.3)
+        summary = sw.stop()
+    finally:
+        sw.kill()
+    plain, inflated = v2.packets[:150], v2.packets[150:]
+    assert all(p[0] == 2 for p in v2.packets)
+    assert collections.Counter(inflated) == collections.Counter(plain)
+    assert collections.Counter(codec.decode(p).payload for p in inflated) == \
+        collections.Counter(codec.decode(m).payload for m in sip)
+    assert summary["invalid"] == {"compressed_too_big": 1}
+    assert summary["guard"]["inflated"] == 150
+    check_accounting(summary)
+
+
 def test_a_compressed_and_a_plain_copy_are_duplicates(tmp_path, sinks):
     """Dedup reads the inflated payload: one agent compressing and one not still send copies of
     one capture. (Listener dedup parses a whole batch ahead; malformed datagrams in the batch
     are still refused by reason.)"""
     (out,) = sinks(1)
     sip = corpus_messages("kamailio", sip_only=True)[:200]
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 1
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        dedup = true
-        dedup_window_ms = 120000
-        [destinations.out]
-        targets = ["127.0.0.1:{out.port}"]
+    sw = SwitchProcess(tmp_path, agents_to(out.port, """
         [[rules]]
         name = "all"
         forward = ["out"]
-        """, extra=["--no-admin"])
+        """, listener="""
+        dedup = true
+        dedup_window_ms = 120000
+        """), extra=["--no-admin"])
     try:
         batch = []
         for i, m in enumerate(sip):

@@ -876,7 +876,8 @@ cdef class Worker:
         cdef Py_ssize_t n
         cdef Py_ssize_t before = self.scratch_pos
         cdef uint64_t dkey
-        if d.payload == P_INFLATE and mbuf != buf:
+        if (d.payload == P_INFLATE or d.version == 2) and mbuf != buf:
+            # HEPv2 has no compressed-payload chunk: its copies carry the inflated payload.
             buf = mbuf
             p = mp
             vi += 2

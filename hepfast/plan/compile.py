@@ -478,11 +478,13 @@ def _guard_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 def _needs_inflate(cfg: Config, flags: np.ndarray) -> bool:
     """Whether workers inflate compressed payloads before routing: some rule reads the payload
     (a sip_* key, sampling or a call rate by call key, dedup), a listener dedups, or a
-    destination wants its copies inflated."""
+    destination wants its copies inflated (payload = "inflate", or HEPv2, which has no
+    compressed-payload chunk)."""
     return bool(np.any(flags & (NEEDS_SIP | HAS_SAMPLE))
                 or any(r.dedup or r.rate_limit_calls is not None for r in cfg.rules)
                 or any(li.dedup for li in cfg.listeners)
-                or any(d.payload == "inflate" for d in cfg.destinations.values()))
+                or any(d.payload == "inflate" or d.hep_version == 2
+                       for d in cfg.destinations.values()))
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
