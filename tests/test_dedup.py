@@ -17,7 +17,7 @@ import pytest
 from hepfast.dataplane import guard as G
 from hepfast.wire import codec
 from hepfast.tools.sink import Sink
-from tests.switchhelp import SwitchProcess, check_accounting, corpus_messages
+from tests.switchhelp import SwitchProcess, agents_to, check_accounting, corpus_messages
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="recvmmsg/sendmmsg: Linux only")
 
@@ -106,21 +106,12 @@ def test_two_processes_racing_on_the_same_identities_exactly_one_wins(tmp_path):
 
 # ------------------------------------------------------------------ through `hepfast run`
 
-def _config(port: int, dedup: bool, window_ms: int, workers: int = 2) -> str:
-    extra = f"dedup = true\ndedup_window_ms = {window_ms}" if dedup else ""
-    return f"""
-        [switch]
-        workers = {workers}
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        {extra}
-        [destinations.out]
-        targets = ["127.0.0.1:{port}"]
+def _config(port: int, dedup: bool, window_ms: int) -> str:
+    return agents_to(port, """
         [[rules]]
         name = "all"
         forward = ["out"]
-        """
+        """, listener=f"dedup = true\ndedup_window_ms = {window_ms}" if dedup else "")
 
 
 def _send_twice(port: int, packets: list[bytes]) -> None:
@@ -183,7 +174,7 @@ def test_window_expiry_lets_a_later_copy_through(tmp_path, sink):
     sip = corpus_messages("kamailio", sip_only=True)
     sip = list({_guard.identity(m): m for m in sip}.values())[:300]
     window = 1000
-    sw = SwitchProcess(tmp_path, _config(sink.port, True, window, workers=1),
+    sw = SwitchProcess(tmp_path, _config(sink.port, True, window),
                        workers=1, extra=["--no-admin"])
     try:
         _send_twice(sw.port, sip)            # pairs a few microseconds apart: one of each
@@ -205,14 +196,7 @@ def test_rule_dedup_applies_when_the_rule_takes_the_packet(tmp_path, sink):
     msgs = corpus_messages("kamailio")
     sip = [m for m in msgs if codec.decode(m).proto_type == 1]
     logs = [m for m in msgs if codec.decode(m).proto_type == 100]
-    sw = SwitchProcess(tmp_path, f"""
-        [switch]
-        workers = 2
-        [[listeners]]
-        name = "agents"
-        listen = "127.0.0.1:0"
-        [destinations.out]
-        targets = ["127.0.0.1:{sink.port}"]
+    sw = SwitchProcess(tmp_path, agents_to(sink.port, """
         [[rules]]
         name = "sip"
         match.proto_type = "sip"
@@ -222,7 +206,7 @@ def test_rule_dedup_applies_when_the_rule_takes_the_packet(tmp_path, sink):
         [[rules]]
         name = "rest"
         forward = ["out"]
-        """, workers=2, extra=["--no-admin"])
+        """), workers=2, extra=["--no-admin"])
     try:
         _send_twice(sw.port, sip + logs)
         want = len(sip) + 2 * len(logs)
@@ -256,7 +240,7 @@ def test_dedup_survives_a_reload(tmp_path, sink):
         assert "generation 2" in sw.stderr(), sw.stderr()
         sw.send(sip)
         # the table's size is fixed at start: a reload that changes it is refused, named
-        sw.cfg.write_text(text.replace("workers = 2", "workers = 2\ndedup_slots = 4096"))
+        sw.cfg.write_text(text + "\n[switch]\ndedup_slots = 4096\n")
         os.kill(sw.proc.pid, 1)
         end = time.monotonic() + 20
         while "reload refused" not in sw.stderr() and time.monotonic() < end:
