@@ -85,7 +85,9 @@ def summary(sup) -> dict:
     from hepfast.constants import G_CALLS_FULL, G_COMPRESSED, G_DEDUP_FULL, G_INFLATED
 
     out["guard"] = {"dedup_table_full": g[G_DEDUP_FULL], "call_table_full": g[G_CALLS_FULL],
-                    "inflated": g[G_INFLATED], "compressed": g[G_COMPRESSED]}
+                    "inflated": g[G_INFLATED], "compressed": g[G_COMPRESSED],
+                    **{k: v for k, v in (getattr(sup, "guard_info", None) or {}).items()
+                       if k in ("bytes", "page_kib")}}
     out["forwarded_total"] = sum(out["forwarded"].values())
     out["dropped_total"] = sum(out["dropped"].values())
     out["invalid_total"] = sum(out["invalid"].values())
@@ -150,6 +152,21 @@ def main(args) -> int:
     if sup.admin is not None:
         say(f"admin http://{_fmt(sup.compiled.admin_listen[0])}:{getattr(sup.admin, 'port', '')}"
             "/metrics")
+    run_dir = sup.compiled.config.switch.run_dir
+    if run_dir:
+        from hepfast.dataplane import rundir as R
+
+        kind = R.fs_type(run_dir)
+        if kind and kind not in ("tmpfs", "ramfs", "hugetlbfs"):
+            say(f"warning: switch.run_dir {run_dir} is on {kind}, not a tmpfs: the shared "
+                "tables and rings are written back to that disk; mount a tmpfs there",
+                level="warning", run_dir=run_dir, fs=kind)
+    gi = getattr(sup, "guard_info", None) or {}
+    if gi.get("page_kib") == 4 and _uses_dedup(sup.compiled.config):
+        say(f"warning: the guard tables ({gi['bytes'] >> 20} MiB, dedup's among them) are on "
+            "4 KiB pages, so each dedup lookup is also a TLB miss; a tmpfs mounted with huge=within_size as switch.run_dir "
+            "puts them on 2 MiB pages (docs/configuration.md#guards-dedup-rate-limits-compressed-"
+            "payloads)", level="warning", page_kib=4)
     say(f"hepfast running: {sup.nworkers} workers, config {sup.config_path} "
         f"(SIGHUP reloads, SIGTERM stops)", workers=sup.nworkers, config=str(sup.config_path))
 
@@ -202,3 +219,7 @@ def main(args) -> int:
 
 def _fmt(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _uses_dedup(cfg) -> bool:
+    return any(li.dedup for li in cfg.listeners) or any(r.dedup for r in cfg.rules)

@@ -54,6 +54,10 @@ class Switch(_Base):
     dedup_slots: Annotated[int, msgspec.Meta(ge=1024, le=1 << 26)] = 1 << 20
     call_slots: Annotated[int, msgspec.Meta(ge=1024, le=1 << 26)] = 1 << 18
     call_idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    # Where the run directory (the tables and rings workers share) is made: "" = /dev/shm, else
+    # the system temp dir. A tmpfs of its own (enough room for the rings; huge=within_size puts
+    # the guard tables and rings on 2 MiB pages). Fixed at start.
+    run_dir: str = ""
 
 
 class Admin(_Base):

@@ -235,6 +235,11 @@ def validate(cfg: Config, *, implemented: bool = False) -> None:
                     raise ConfigError(f"{p}.{other}", f"\"{other}\" is not used by a "
                                                       f"{d.transport} destination; remove it")
 
+    rd = cfg.switch.run_dir
+    if rd and not (os.path.isdir(rd) and os.access(rd, os.W_OK | os.X_OK)):
+        raise ConfigError("switch.run_dir", f"{rd!r} is not a directory hepfast can write to: "
+                          "create it (e.g. a tmpfs: mount -t tmpfs -o "
+                          "huge=within_size,mode=0700 hepfast DIR) or leave run_dir unset")
     if cfg.switch.default != "drop" and cfg.switch.default not in dests:
         raise ConfigError("switch.default", _unknown_dest(cfg.switch.default, dests)
                           + "; or \"drop\"")

@@ -35,9 +35,32 @@ CTL_WORDS = 512
 RING_HEADER = 4096
 
 
-def create(prefix: str = "hepfast-") -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base)
+def default_base() -> str | None:
+    """/dev/shm when writable, else None (the system temp dir)."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def fs_type(path: str) -> str:
+    """The filesystem type of the mount holding path ("tmpfs", "ext4", ...; "" unknown)."""
+    best, kind = "", ""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        return ""
+    return kind
+
+
+def create(prefix: str = "hepfast-", base: str | None = None) -> str:
+    """A fresh run directory under `base` (switch.run_dir), else under default_base()."""
+    path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base or default_base())
     os.chmod(path, 0o700)
     return path
 
@@ -46,10 +69,11 @@ def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_stale(prefix: str = "hepfast-") -> list[str]:
-    """Run directories left by a supervisor that was killed (its pid is gone)."""
+def remove_stale(prefix: str = "hepfast-", base: str | None = None) -> list[str]:
+    """Run directories left by a supervisor that was killed (its pid is gone), under `base`
+    (default: /dev/shm)."""
     gone = []
-    base = "/dev/shm"
+    base = base or "/dev/shm"
     if not os.path.isdir(base):
         return gone
     for name in os.listdir(base):

@@ -121,8 +121,9 @@ class Supervisor:
         self.nworkers = workers or self.compiled.workers
         self.batch = self.compiled.batch
         self.allow_shared_port = allow_shared_port
-        R.remove_stale()
-        self.rundir = R.create()
+        run_base = self.compiled.config.switch.run_dir or None
+        R.remove_stale(base=run_base)
+        self.rundir = R.create(base=run_base)
         self.ctl = R.make_ctl(self.rundir)
         self.ctl.arr[R.CTL_SUPERVISOR] = os.getpid()
         self.egress_row0 = self.nworkers
@@ -132,6 +133,12 @@ class Supervisor:
         from hepfast.dataplane import guard as G
 
         G.create(R.guard_path(self.rundir), sw.dedup_slots, sw.call_slots)
+        gm = G.open_map(R.guard_path(self.rundir))
+        # What pages back the tables (4 or 2048 KiB; /status "guard"): every dedup lookup is a
+        # random place in them, so 4 KiB pages add a TLB miss to each.
+        self.guard_info = {"bytes": len(gm), "page_kib": G.page_kib(gm),
+                           "path": R.guard_path(self.rundir)}
+        gm.close()
         self.slots = Slots()
         self.generation = 0
         self.plan_slots: dict = {}
@@ -334,10 +341,10 @@ class Supervisor:
                               "(restart hepfast to rebind sockets)")
         if c.batch != self.batch:
             raise ConfigError("switch.batch", "batch cannot change on reload (restart hepfast)")
-        for key in ("dedup_slots", "call_slots"):
+        for key in ("dedup_slots", "call_slots", "run_dir"):
             if getattr(c.config.switch, key) != getattr(self.compiled.config.switch, key):
-                raise ConfigError(f"switch.{key}", f"{key} cannot change on reload (the table "
-                                                   "is sized at start: restart hepfast)")
+                raise ConfigError(f"switch.{key}", f"{key} cannot change on reload (the "
+                                                   "tables are made at start: restart hepfast)")
         if self._workers_override is None and c.workers != self.nworkers:
             raise ConfigError("switch.workers", f"the number of workers cannot change on reload "
                               f"(running {self.nworkers}; restart hepfast to change it)")

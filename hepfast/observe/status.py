@@ -119,6 +119,14 @@ class Totals(msgspec.Struct):
     overflows: int
 
 
+class GuardStatus(msgspec.Struct):
+    """The switch-wide guard tables (dedup, rate limits, calls): their size and the page size
+    backing them (4 KiB, or 2048 on a huge-page tmpfs as switch.run_dir; 0: unknown)."""
+    bytes: int
+    page_kib: int
+    path: str
+
+
 class Status(msgspec.Struct):
     version: str
     generation: int
@@ -137,6 +145,7 @@ class Status(msgspec.Struct):
     dropped: dict[str, Counted]     # by reason
     invalid: dict[str, Counted]     # by reason, all listeners
     sockets: list[SocketStatus] = []
+    guard: GuardStatus | None = None
 
 
 # ------------------------------------------------------------------------------ status building
@@ -247,7 +256,8 @@ def build_status(sup, snap: Snapshot, ref: np.ndarray | None, dt: float) -> Stat
                         sup.last_reload_error, bool(getattr(sup, "reload_in_progress", False)),
                         int(getattr(sup, "reload_waiting", 0))),
         totals=totals, listeners=listeners, rules=rules, destinations=list(dests.values()),
-        dropped=dropped, invalid=invalid, sockets=sockets)
+        dropped=dropped, invalid=invalid, sockets=sockets,
+        guard=GuardStatus(**gi) if (gi := getattr(sup, "guard_info", None)) else None)
 
 
 def _known_drop(r: int) -> bool:
