@@ -272,6 +272,26 @@ MATCHER_RULES = [
       "sample": 0.3, "continue": True, "forward": ["homer"]},
      {"name": "node", "match": {"node_name": ["edge-1"], "listener": ["edge"]}, "drop": True},
      {"name": "all", "forward": ["qos"]}],
+    # globs, sip_header (beside header keys: the name summary; alone: its own scan),
+    # sip_cseq_method, sip_user_agent, correlation_id_field
+    [{"name": "glob", "match": {"sip_ruri_user": ["+4930*", "0?0*"],
+                                "sip_ruri_domain": ["*.example.com", "127.0.0.?"]},
+      "forward": ["homer"], "continue": True},
+     {"name": "hdr", "match": {"sip_header": {"name": "X-Tenant", "value": ["acme*", "b?ta"]},
+                               "sip_from_user": ["*a*", "sipp"]},
+      "forward": ["qos"], "continue": True},
+     {"name": "ua", "match": {"sip_user_agent": ["friendly-scanner*", "*SIPp*"],
+                              "sip_cseq_method": ["INV*", "bye"]},
+      "forward": ["qos"], "continue": True},
+     {"name": "two", "match": {"sip_header": [{"name": "s", "value": "*"},
+                                              {"name": "Content-Length", "value": "0"}]},
+      "sample": 0.5, "forward": ["qos"], "continue": True},
+     {"name": "corr", "match": {"correlation_id_field": {"separator": "@", "field": -1,
+                                                         "value": ["*.example", "127.0.0.1"]},
+                                "sip_call_id": ["*@*"]}, "forward": ["qos"]},
+     {"name": "rest", "forward": ["homer"]}],
+    [{"name": "alone", "match": {"sip_header": {"name": "i", "value": ["*@127.0.0.1"]}},
+      "forward": ["homer"]}],
 ]
 
 
@@ -287,7 +307,7 @@ def _compiled_rule_sets() -> list:
 def matcher(data: bytes) -> None:
     """The rule matcher (ext/plan/matcher.pxd) vs its oracle hepfast.plan.match_rules.
 
-    Both listeners of two rule sets that use every key; the call key and sampling hashes too."""
+    Both listeners of rule sets that use every key; the call key and sampling hashes too."""
     m = _impls()
     if m.C.reason(data) != 0:
         try:
