@@ -29,6 +29,10 @@ drops nothing: the subjects forward the same packets and only the cost of lookin
 With --rounds N the whole subject list runs N times in turn (an interleaved A/B: drift of a
 shared machine hits every subject alike); each subject and step reports the round with the
 median CPU ns per packet, and the per-round figures are kept (`rounds_cpu_ns_per_pkt`).
+With --paired as well, every subject is up at once and each step measures the subjects back to
+back, round after round (order rotating): the ratios are then medians of per-round ratios of
+measurements seconds apart, against c_forward and of each dedup subject against its twin
+without dedup (hepfast-dedup / hepfast-10, hepfast-sip10-dedup / hepfast-sip10).
 Prints a table and a JSON line (also written under bench/results/) with the ratios of CPU ns per
 packet against c_forward at the same offered rate, and each subject's max lossless rate.
 
@@ -242,56 +246,73 @@ def offer(listen: int, rate: float, seconds: float, corpus: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
-                tmp: Path) -> list[dict] | None:
+class Subject:
+    """One forwarder under test, started with its listen and target ports (see start())."""
+
+    def __init__(self, name: str, listen: int, target: int, proc: subprocess.Popen):
+        self.name, self.listen, self.target, self.proc = name, listen, target, proc
+        self.rows: list[dict] = []
+
+
+def start(name: str, corpus: Path, tmp: Path) -> Subject | None:
+    """Start subject `name` and warm it up; None (with a message) when it cannot run."""
     listen, target = free_port(), free_port()
-    sink = start_sink(target)
-    subject = start_subject(name, listen, target, tmp)
-    if subject is None:
-        stop_sink(sink)
+    proc = start_subject(name, listen, target, tmp)
+    if proc is None:
         return None
-    rows = []
+    time.sleep(1.5)                                          # workers up, sockets bound
+    if proc.poll() is not None:
+        err = proc.stderr.read() if proc.stderr else ""
+        print(f"# {name}: exited at start: {err.strip()[-500:]}", file=sys.stderr)
+        return None
+    sink = start_sink(target)
     try:
-        time.sleep(1.5)                                      # workers up, sockets bound
-        if subject.poll() is not None:
-            err = subject.stderr.read() if subject.stderr else ""
-            print(f"# {name}: exited at start: {err.strip()[-500:]}", file=sys.stderr)
-            return None
         offer(listen, 10000, 0.3, corpus)                   # warm-up: caches, page faults
         time.sleep(0.5)
-        stop_sink(sink)
-        for rate in steps:
-            sink = start_sink(target)
-            c0, r0 = cpu_ns(subject.pid), cpu_by_role(subject.pid)
-            sent = offer(listen, rate, seconds, corpus)
-            time.sleep(0.3)                                  # drain
-            c1, r1 = cpu_ns(subject.pid), cpu_by_role(subject.pid)
-            got = stop_sink(sink)
-            sink = None
-            recv = got["received"]
-            rows.append({
-                "subject": name, "offered_pps": rate, "sent": sent["sent"],
-                "sent_pps": sent["pps"], "received": recv,
-                "delivered_pps": round(recv / max(sent["seconds"], 1e-9), 1),
-                "loss": round(1 - recv / sent["sent"], 5) if sent["sent"] else None,
-                "cpu_ns_per_pkt": round((c1 - c0) / recv, 1) if recv else None,
-                "worker_ns_per_pkt": round((r1["worker"] - r0["worker"]) / recv, 1)
-                if recv and name != "c_forward" else None,
-                "egress_ns_per_pkt": round((r1["egress"] - r0["egress"]) / recv, 1)
-                if recv and name in STORES else None,
-                # send time stamped into each packet by replay --stamp, arrival at the sink
-                "latency_us": got.get("latency_us"),
-            })
-            print(f"# {name:<11} {rate:>9.0f} pps offered: {rows[-1]}", file=sys.stderr)
     finally:
-        if sink is not None:
-            stop_sink(sink)
-        subject.send_signal(signal.SIGTERM)
-        try:
-            out, _ = subject.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            subject.kill()
-            out, _ = subject.communicate()
+        stop_sink(sink)
+    return Subject(name, listen, target, proc)
+
+
+def measure(s: Subject, rate: float, seconds: float, corpus: Path) -> dict:
+    """One step: `rate` pps for `seconds` into s, a fresh sink counting what it delivers."""
+    sink = start_sink(s.target)
+    try:
+        c0, r0 = cpu_ns(s.proc.pid), cpu_by_role(s.proc.pid)
+        sent = offer(s.listen, rate, seconds, corpus)
+        time.sleep(0.3)                                      # drain
+        c1, r1 = cpu_ns(s.proc.pid), cpu_by_role(s.proc.pid)
+    finally:
+        got = stop_sink(sink)
+    recv = got["received"]
+    name = s.name
+    row = {
+        "subject": name, "offered_pps": rate, "sent": sent["sent"],
+        "sent_pps": sent["pps"], "received": recv,
+        "delivered_pps": round(recv / max(sent["seconds"], 1e-9), 1),
+        "loss": round(1 - recv / sent["sent"], 5) if sent["sent"] else None,
+        "cpu_ns_per_pkt": round((c1 - c0) / recv, 1) if recv else None,
+        "worker_ns_per_pkt": round((r1["worker"] - r0["worker"]) / recv, 1)
+        if recv and name != "c_forward" else None,
+        "egress_ns_per_pkt": round((r1["egress"] - r0["egress"]) / recv, 1)
+        if recv and name in STORES else None,
+        # send time stamped into each packet by replay --stamp, arrival at the sink
+        "latency_us": got.get("latency_us"),
+    }
+    s.rows.append(row)
+    print(f"# {name:<11} {rate:>9.0f} pps offered: {row}", file=sys.stderr)
+    return row
+
+
+def finish(s: Subject) -> list[dict]:
+    """Stop s; its rows, with the run's duplicate / queue_full counts where they apply."""
+    s.proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = s.proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+        out, _ = s.proc.communicate()
+    name, rows = s.name, s.rows
     if name in DEDUP_SUBJECTS and rows:
         try:
             final = json.loads((out or "").strip().splitlines()[-1])
@@ -312,6 +333,58 @@ def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
             r["store_queue_full_run"] = full
         print(f"# {name}: queue_full over the run: {full}", file=sys.stderr)
     return rows
+
+
+def run_subject(name: str, steps: list[float], seconds: float, corpus: Path,
+                tmp: Path) -> list[dict] | None:
+    s = start(name, corpus, tmp)
+    if s is None:
+        return None
+    try:
+        for rate in steps:
+            measure(s, rate, seconds, corpus)
+    finally:
+        rows = finish(s)
+    return rows
+
+
+def run_paired(names: list[str], steps: list[float], seconds: float, corpus: Path, tmp: Path,
+               rounds: int) -> dict[str, list[list[dict]]]:
+    """--paired: every subject up at once; at each step, `rounds` rounds in which each subject
+    is measured once, back to back (the order rotates by round): {name: [[row per step] per
+    round]}, so that round k of two subjects are seconds apart."""
+    subs = [s for s in (start(n, corpus, tmp) for n in names) if s is not None]
+    runs: dict[str, list[list[dict]]] = {s.name: [[] for _ in range(rounds)] for s in subs}
+    try:
+        for rate in steps:
+            for rnd in range(rounds):
+                print(f"# {rate:.0f} pps, round {rnd + 1} of {rounds}", file=sys.stderr)
+                k = rnd % len(subs)
+                for s in subs[k:] + subs[:k]:
+                    runs[s.name][rnd].append(measure(s, rate, seconds, corpus))
+    finally:
+        for s in subs:
+            finish(s)
+    return runs
+
+
+# Subjects and the config they add one thing to: --paired reports their per-round ratio.
+TWINS = {"hepfast-dedup": "hepfast-10", "hepfast-sip10-dedup": "hepfast-sip10"}
+
+
+def paired_ratios(runs: dict[str, list[list[dict]]], name: str, ref: str) -> list[dict]:
+    """Per step: name's CPU ns per packet over ref's within each round, and their median."""
+    out = []
+    if name not in runs or ref not in runs:
+        return out
+    for i, _ in enumerate(runs[name][0]):
+        rs = sorted(a[i]["cpu_ns_per_pkt"] / b[i]["cpu_ns_per_pkt"]
+                    for a, b in zip(runs[name], runs[ref], strict=True)
+                    if a[i]["cpu_ns_per_pkt"] and b[i]["cpu_ns_per_pkt"])
+        out.append({"offered_pps": runs[name][0][i]["offered_pps"],
+                    "round_ratios": [round(r, 3) for r in rs],
+                    "median": round(rs[len(rs) // 2], 3) if rs else None})
+    return out
 
 
 def median_rows(rounds: list[list[dict]]) -> list[dict]:
@@ -340,6 +413,9 @@ def main() -> int:
                     help="with hepfast-dedup: distinct messages in the generated corpus")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the subject list this many times in turn; report each step's median")
+    ap.add_argument("--paired", action="store_true",
+                    help="all subjects up at once, measured back to back at each step, "
+                         "--rounds times; ratios are medians of the per-round ratios")
     ap.add_argument("--dedup-slots", type=int, default=1 << 20,
                     help="switch.dedup_slots of the dedup subjects (default: the default)")
     args = ap.parse_args()
@@ -360,7 +436,10 @@ def main() -> int:
             corpus = unique_corpus(corpus, Path(tmp) / "unique.hepraw", args.unique)
             print(f"# offering {args.unique} distinct messages ({corpus})", file=sys.stderr)
         runs: dict[str, list[list[dict]]] = {}
-        for rnd in range(max(1, args.rounds)):
+        if args.paired:
+            runs = run_paired(args.subjects.split(","), steps, args.step_seconds, corpus,
+                              Path(tmp), max(1, args.rounds))
+        for rnd in range(0 if args.paired else max(1, args.rounds)):
             if args.rounds > 1:
                 print(f"# round {rnd + 1} of {args.rounds}", file=sys.stderr)
             for name in args.subjects.split(","):
@@ -378,11 +457,15 @@ def main() -> int:
         lossless = [r["offered_pps"] for r in rows if r["loss"] is not None
                     and r["loss"] <= args.lossless]
         ratios = []
+        pvc = {p["offered_pps"]: p["median"] for p in paired_ratios(runs, name, "c_forward")} \
+            if args.paired else {}
         for r in rows:
             b = base.get(r["offered_pps"])
             ratio = None
             if b and b["cpu_ns_per_pkt"] and r["cpu_ns_per_pkt"]:
-                ratio = round(r["cpu_ns_per_pkt"] / b["cpu_ns_per_pkt"], 3)
+                # --paired: the median of the per-round ratios, else the ratio of the medians
+                ratio = pvc.get(r["offered_pps"]) or round(
+                    r["cpu_ns_per_pkt"] / b["cpu_ns_per_pkt"], 3)
                 if r["loss"] <= args.lossless and b["loss"] <= args.lossless:
                     ratios.append(ratio)
             r["ratio_vs_c"] = ratio
@@ -398,6 +481,17 @@ def main() -> int:
             "median_cpu_ratio_vs_c": ratios[len(ratios) // 2] if ratios else None,
             "rows": rows,
         }
+    if args.paired:
+        summary["paired"] = {}
+        for name, ref in [(n, "c_forward") for n in runs if n != "c_forward"] + \
+                list(TWINS.items()):
+            pr = paired_ratios(runs, name, ref)
+            if not pr:
+                continue
+            summary["paired"][f"{name}/{ref}"] = pr
+            print(f"# paired {name} / {ref}: " + "; ".join(
+                f"{p['offered_pps']:.0f} pps median {p['median']} of {p['round_ratios']}"
+                for p in pr))
     line = json.dumps(summary)
     out = BENCH / "results"
     out.mkdir(exist_ok=True)
