@@ -213,18 +213,41 @@ cdef inline int sip_next_header(const uint8_t *p, Py_ssize_t n, Py_ssize_t *pos,
     """The next header line from pos[0] (advanced past it): name [ns, ne) with blanks before the
     colon dropped, value [vs, ve) trimmed of SP/HTAB. Folded continuation lines and lines
     without a colon are skipped. Returns 0 at the empty line or the end of p (pos then n or
-    past the empty line), else 1. Twin: hepfast.wire.sip._next_header."""
-    cdef Py_ssize_t a, b, colon, e, s
+    past the empty line), else 1. Twin: hepfast.wire.sip._next_header.
+
+    One pass per line: the bytes up to the first colon or LF are read once by a byte loop
+    (header names are short), the rest of the line by memchr for its LF; the line and its
+    colon are then what _sip_line_end and a search for the colon in it would give."""
+    cdef Py_ssize_t a, b, i, colon, lf, e, s
+    cdef uint8_t c
     while pos[0] < n:
         a = pos[0]
-        b = _sip_line_end(p, a, n, pos)
+        i = a
+        colon = -1
+        while i < n:
+            c = p[i]
+            if c == 0x3A:
+                colon = i
+                break
+            if c == 0x0A:
+                break
+            i += 1
+        if colon >= 0:
+            lf = _sip_find(p, colon + 1, n, 0x0A)
+        else:
+            lf = i if i < n else -1
+        if lf < 0:
+            pos[0] = n
+            b = n
+        else:
+            pos[0] = lf + 1
+            b = lf
+        if b > a and p[b - 1] == 0x0D:
+            b -= 1
         if b == a:
             return 0                            # the empty line: end of headers
-        if _sip_blank(p[a]):
-            continue                            # folded continuation line
-        colon = _sip_find(p, a, b, 0x3A)
-        if colon < 0:
-            continue
+        if _sip_blank(p[a]) or colon < 0:
+            continue                            # folded continuation line, or no colon
         e = colon
         while e > a and _sip_blank(p[e - 1]):
             e -= 1
