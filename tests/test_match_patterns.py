@@ -110,6 +110,13 @@ def test_parse_glob_tokens_escapes_and_errors():
     ("\\**", b"*star", False, True),
     ("\\**", b"star", False, False),
     ("*", b"", False, True),
+    # a middle segment that starts with a byte only itself matches is found with memchr: a
+    # first candidate that fails, a later one that holds, none, and the last possible place
+    ("*@10.99.*", b"c1@10.98.1@10.99.7", False, True),
+    ("*@10.99.*", b"c1@10.98.1@10.9", False, False),
+    ("*@10.99.*", b"c1-10.99.1", False, False),
+    ("x*.9*", b"x1.9", False, True),
+    ("*-q*", b"A-Q-", True, True),
 ])
 def test_glob_cases(pattern, value, fold, want):
     toks = parse_glob(pattern)[1]

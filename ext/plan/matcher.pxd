@@ -18,6 +18,7 @@
 # - Key numbers and flag bits come from hepfast/constants.py (ext/generated/constants.pxd).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, uintptr_t
+from libc.string cimport memchr
 
 from hepwire cimport (hep_pkt, hep_rd32, hep_hash64, hep_mix64, CH_PTYPE, CH_PROTO, CH_SRC4,
                       CH_DST4, CH_SRC6, CH_DST6, CH_SPORT, CH_DPORT, CH_CAPID, CH_CORR, CH_NODE,
@@ -311,6 +312,7 @@ cdef inline bint glob_match(const uint16_t *tok, Py_ssize_t m, const uint8_t *s,
     O(n * longest segment), no backtracking beyond that, no allocation. fold: s is compared
     in lower case (the pattern was folded when compiled)."""
     cdef Py_ssize_t a = 0, b, suf, pos, hi, j, e, seg, k
+    cdef const uint8_t *q
     while a < m and tok[a] != GLOB_STAR:
         a += 1
     if a == m:
@@ -331,8 +333,19 @@ cdef inline bint glob_match(const uint16_t *tok, Py_ssize_t m, const uint8_t *s,
             e += 1
         seg = e - j
         k = pos
-        while k + seg <= hi and not _seg_eq(tok + j, seg, s + k, fold):
-            k += 1
+        if seg and tok[j] != GLOB_ANY and not (fold and 0x61 <= tok[j] <= 0x7A):
+            # The segment starts with a byte only itself matches: memchr finds the candidates.
+            while k + seg <= hi:
+                q = <const uint8_t *>memchr(s + k, <int>tok[j], <size_t>(hi - seg - k + 1))
+                if q == NULL:
+                    return False
+                k = q - s
+                if _seg_eq(tok + j, seg, s + k, fold):
+                    break
+                k += 1
+        else:
+            while k + seg <= hi and not _seg_eq(tok + j, seg, s + k, fold):
+                k += 1
         if k + seg > hi:
             return False
         pos = k + seg
