@@ -72,9 +72,7 @@ def test_the_run_directory_is_made_in_run_dir(tmp_path, sinks):
     finally:
         sw.kill()
     assert summary["guard"]["bytes"] >= 8 << 20
-    # tmp_path is not a tmpfs here (or is one without huge pages): 4 KiB pages, and said so
-    if summary["guard"]["page_kib"] == 4:
-        assert "are on 4 KiB pages, so each dedup lookup is also a TLB miss" in sw.stderr()
+    assert summary["guard"]["page_kib"] in (4, 2048)
     from hepfast.dataplane import rundir as R
 
     kind = R.fs_type(str(base))          # a disk directory gets a warning, a tmpfs none
@@ -136,5 +134,5 @@ def test_a_huge_page_tmpfs_backs_the_guard_with_2mib_pages(tmp_path, sinks):
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["guard"]["page_kib"] == 2048, (summary["guard"], p.stderr)
-    assert "4 KiB pages" not in p.stderr and "not a tmpfs" not in p.stderr
+    assert "not a tmpfs" not in p.stderr
     assert not any(Path(mnt).iterdir())            # the mount was private to the namespace

@@ -161,12 +161,6 @@ def main(args) -> int:
             say(f"warning: switch.run_dir {run_dir} is on {kind}, not a tmpfs: the shared "
                 "tables and rings are written back to that disk; mount a tmpfs there",
                 level="warning", run_dir=run_dir, fs=kind)
-    gi = getattr(sup, "guard_info", None) or {}
-    if gi.get("page_kib") == 4 and _uses_dedup(sup.compiled.config):
-        say(f"warning: the guard tables ({gi['bytes'] >> 20} MiB, dedup's among them) are on "
-            "4 KiB pages, so each dedup lookup is also a TLB miss; a tmpfs mounted with huge=within_size as switch.run_dir "
-            "puts them on 2 MiB pages (docs/configuration.md#guards-dedup-rate-limits-compressed-"
-            "payloads)", level="warning", page_kib=4)
     say(f"hepfast running: {sup.nworkers} workers, config {sup.config_path} "
         f"(SIGHUP reloads, SIGTERM stops)", workers=sup.nworkers, config=str(sup.config_path))
 
@@ -219,7 +213,3 @@ def main(args) -> int:
 
 def _fmt(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _uses_dedup(cfg) -> bool:
-    return any(li.dedup for li in cfg.listeners) or any(r.dedup for r in cfg.rules)
