@@ -880,8 +880,7 @@ cdef class Worker:
         cdef Py_ssize_t n
         cdef Py_ssize_t before = self.scratch_pos
         cdef uint64_t dkey
-        if (d.payload == P_INFLATE or d.version == 2) and mbuf != buf:
-            # HEPv2 has no compressed-payload chunk: its copies carry the inflated payload.
+        if d.payload == P_INFLATE and mbuf != buf:      # (HEPv2 destinations: always)
             buf = mbuf
             p = mp
             vi += 2

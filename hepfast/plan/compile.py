@@ -483,8 +483,14 @@ def _needs_inflate(cfg: Config, flags: np.ndarray) -> bool:
     return bool(np.any(flags & (NEEDS_SIP | HAS_SAMPLE))
                 or any(r.dedup or r.rate_limit_calls is not None for r in cfg.rules)
                 or any(li.dedup for li in cfg.listeners)
-                or any(d.payload == "inflate" or d.hep_version == 2
-                       for d in cfg.destinations.values()))
+                or any(payload_mode(d) == "inflate" for d in cfg.destinations.values()))
+
+
+def payload_mode(d) -> str:
+    """What a destination's copies do with compressed payloads: its `payload`, except that
+    HEPv2 has no compressed-payload chunk, so a v2 destination's "keep" is "inflate" (check
+    refuses "compress" with hep_version = 2)."""
+    return "inflate" if d.hep_version == 2 and d.payload == "keep" else d.payload
 
 
 def _ro(a: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from hepfast import constants as K
-from hepfast.plan.compile import Compiled
+from hepfast.plan.compile import Compiled, payload_mode
 from hepfast.plan.format import (
     GUARD_ARRAYS,
     RULE_ARRAYS,
@@ -111,7 +111,7 @@ def emit(c: Compiled, slots: dict, *, generation: int, source: str,
             auth_key=bytes(d.auth_key), strip_auth_key=d.strip_auth_key,
             settings=dict(d.settings), targets=targets,
             call_key=d.call_key, call_key_sep=d.call_key_sep, call_key_field=d.call_key_field,
-            payload=K.PAYLOAD[cfg.destinations[d.name].payload]))
+            payload=K.PAYLOAD[payload_mode(cfg.destinations[d.name])]))
     header = dict(
         generation=generation, digest=c.digest, source=source, batch=c.batch,
         workers=c.workers, max_chunks=cfg.switch.max_chunks, rcvbuf=cfg.switch.rcvbuf,
