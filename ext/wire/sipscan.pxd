@@ -94,7 +94,12 @@ cdef inline Py_ssize_t _sip_line_end(const uint8_t *p, Py_ssize_t pos, Py_ssize_
                                      Py_ssize_t *nxt) noexcept nogil:
     """End of the content of the line starting at pos (LF excluded, one trailing CR dropped);
     the start of the next line goes to nxt."""
-    cdef Py_ssize_t lf = _sip_find(p, pos, n, 0x0A)
+    return _sip_line_close(p, pos, _sip_find(p, pos, n, 0x0A), n, nxt)
+
+
+cdef inline Py_ssize_t _sip_line_close(const uint8_t *p, Py_ssize_t pos, Py_ssize_t lf,
+                                       Py_ssize_t n, Py_ssize_t *nxt) noexcept nogil:
+    """_sip_line_end with the line's LF already found (lf, or -1: none before n)."""
     cdef Py_ssize_t end
     if lf < 0:
         nxt[0] = n
@@ -236,14 +241,7 @@ cdef inline int sip_next_header(const uint8_t *p, Py_ssize_t n, Py_ssize_t *pos,
             lf = _sip_find(p, colon + 1, n, 0x0A)
         else:
             lf = i if i < n else -1
-        if lf < 0:
-            pos[0] = n
-            b = n
-        else:
-            pos[0] = lf + 1
-            b = lf
-        if b > a and p[b - 1] == 0x0D:
-            b -= 1
+        b = _sip_line_close(p, a, lf, n, pos)
         if b == a:
             return 0                            # the empty line: end of headers
         if _sip_blank(p[a]) or colon < 0:
