@@ -189,9 +189,7 @@ def main() -> int:
         print(f"{b} / {a}: median {med:.3f} (quartiles {q1:.3f} .. {q3:.3f}) over "
               f"{len(r)} rounds")
     line = json.dumps(summary)
-    out = BENCH / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"dataplane-ab-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(line + "\n")
+    driver.save_result("dataplane-ab", line)
     print(line)
     return 0
 

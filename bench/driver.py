@@ -58,6 +58,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 PY = sys.executable
 
 
+def save_result(bench: str, line: str) -> Path:
+    """A bench's JSON line into bench/results/BENCH-<time>.json (gitignored)."""
+    out = BENCH / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{bench}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(line + "\n")
+    return path
+
+
 def build_c(name: str) -> Path:
     exe = BENCH / name
     src = BENCH / f"{name}.c"
@@ -493,9 +502,7 @@ def main() -> int:
                 f"{p['offered_pps']:.0f} pps median {p['median']} of {p['round_ratios']}"
                 for p in pr))
     line = json.dumps(summary)
-    out = BENCH / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"driver-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(line + "\n")
+    save_result("driver", line)
     print(line)
     return 0
 
