@@ -109,15 +109,17 @@ def one_destination(ports: list[int], mode: str, workers: int = 1) -> str:
         """
 
 
-def agents_to(port: int, rules: str, *, listener: str = "", destination: str = "",
+def agents_to(port: int | list[int], rules: str, *, listener: str = "", destination: str = "",
               name: str = "out") -> str:
     """Config text most switch tests start from: one UDP listener "agents" on an ephemeral port
-    (`listener`: more of its keys), one destination `name` to 127.0.0.1:`port` (`destination`:
-    more of its keys), then `rules` (TOML [[rules]] tables). Each part may be indented as the
-    caller's source is. The worker count is SwitchProcess(workers=...)'s."""
+    (`listener`: more of its keys), one destination `name` to 127.0.0.1:`port` (or each port of
+    a list; `destination`: more of its keys), then `rules` (TOML [[rules]] tables). Each part
+    may be indented as the caller's source is. The worker count is SwitchProcess(workers=...)'s."""
+    ports = port if isinstance(port, list) else [port]
+    targets = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
     parts = ["[[listeners]]", 'name = "agents"', 'listen = "127.0.0.1:0"',
              textwrap.dedent(listener).strip(), f"[destinations.{name}]",
-             f'targets = ["127.0.0.1:{port}"]', textwrap.dedent(destination).strip(),
+             f"targets = [{targets}]", textwrap.dedent(destination).strip(),
              textwrap.dedent(rules).strip()]
     return "\n".join(x for x in parts if x) + "\n"
 

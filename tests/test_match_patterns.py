@@ -669,26 +669,20 @@ def test_ring_fed_stream_hash_keys_on_the_destination_call_key(tmp_path):
     """A tcp destination: the worker puts the destination's call key (here the capture id) in
     each ring record's meta, and the egress process's rendezvous over it picks the target."""
     from hepfast.tools.sink import StreamSink
-    from tests.switchhelp import SwitchProcess, check_accounting
+    from tests.switchhelp import SwitchProcess, agents_to, check_accounting
 
     sinks = [StreamSink("127.0.0.1:0").start(timeout=120) for _ in range(2)]
     packets = [hep(b"{}", ptype=5, corr=f"c{i}@x".encode(), capid=i % 16) for i in range(400)]
     try:
-        sw = SwitchProcess(tmp_path, f"""
-            [switch]
-            workers = 1
-            [[listeners]]
-            name = "agents"
-            listen = "127.0.0.1:0"
-            [destinations.c]
-            transport = "tcp"
-            targets = ["127.0.0.1:{sinks[0].port}", "127.0.0.1:{sinks[1].port}"]
-            call_key = "capture_id"
-            reconnect_min_s = 0.05
+        sw = SwitchProcess(tmp_path, agents_to([s.port for s in sinks], """
             [[rules]]
             name = "all"
             forward = ["c"]
-            """, workers=1, extra=["--no-admin"])
+            """, destination="""
+            transport = "tcp"
+            call_key = "capture_id"
+            reconnect_min_s = 0.05
+            """, name="c"), workers=1, extra=["--no-admin"])
         try:
             end = time.monotonic() + 20
             while min(s.connections for s in sinks) < 1 and time.monotonic() < end:
